@@ -1,0 +1,123 @@
+"""Config keys of Mask2Former, with the official names and defaults.
+
+``add_maskformer2_config`` adds everything the official model-zoo YAML files use on top of detectron2's
+defaults (including the few DeepLab keys the official configs rely on), so official config files load
+unchanged. ``add_maskformer2_video_config`` adds the video keys.
+"""
+from detectron2.config import CfgNode as CN
+
+
+def _add_deeplab_keys(cfg):
+    """The keys of detectron2's DeepLab project that the official configs use.
+
+    Added here rather than through ``detectron2.projects.deeplab`` so that any detectron2 >= 0.6 works,
+    whether or not it ships the projects package.
+    """
+    if "SINGLE_CATEGORY_MAX_AREA" not in cfg.INPUT.CROP:
+        cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+    if "POLY_LR_POWER" not in cfg.SOLVER:
+        cfg.SOLVER.POLY_LR_POWER = 0.9
+        cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
+    if "STEM_TYPE" not in cfg.MODEL.RESNETS:
+        cfg.MODEL.RESNETS.RES4_DILATION = 1
+        cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 2, 4]
+        cfg.MODEL.RESNETS.STEM_TYPE = "deeplab"
+    head = cfg.MODEL.SEM_SEG_HEAD
+    if "ASPP_CHANNELS" not in head:
+        head.ASPP_CHANNELS = 256
+        head.ASPP_DILATIONS = [6, 12, 18]
+        head.ASPP_DROPOUT = 0.1
+        head.LOSS_TYPE = "hard_pixel_mining"
+        head.PROJECT_CHANNELS = [48]
+        head.PROJECT_FEATURES = ["res2"]
+        head.USE_DEPTHWISE_SEPARABLE_CONV = False
+
+
+def add_maskformer2_config(cfg):
+    """Add the Mask2Former keys (official names and defaults) to a detectron2 config, in place."""
+    _add_deeplab_keys(cfg)
+
+    # data
+    cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"
+    cfg.INPUT.COLOR_AUG_SSD = False
+    cfg.INPUT.SIZE_DIVISIBILITY = -1
+    # large-scale jitter (LSJ) mappers
+    cfg.INPUT.IMAGE_SIZE = 1024
+    cfg.INPUT.MIN_SCALE = 0.1
+    cfg.INPUT.MAX_SCALE = 2.0
+
+    # solver
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+
+    # model
+    cfg.MODEL.MASK_FORMER = CN()
+    mf = cfg.MODEL.MASK_FORMER
+    mf.DEEP_SUPERVISION = True
+    mf.NO_OBJECT_WEIGHT = 0.1
+    mf.CLASS_WEIGHT = 1.0
+    mf.DICE_WEIGHT = 1.0
+    mf.MASK_WEIGHT = 20.0
+    mf.NHEADS = 8
+    mf.DROPOUT = 0.1
+    mf.DIM_FEEDFORWARD = 2048
+    mf.ENC_LAYERS = 0
+    mf.DEC_LAYERS = 6
+    mf.PRE_NORM = False
+    mf.HIDDEN_DIM = 256
+    mf.NUM_OBJECT_QUERIES = 100
+    mf.TRANSFORMER_IN_FEATURE = "res5"
+    mf.ENFORCE_INPUT_PROJ = False
+    mf.SIZE_DIVISIBILITY = 32
+    mf.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"
+    mf.TRAIN_NUM_POINTS = 112 * 112
+    mf.OVERSAMPLE_RATIO = 3.0
+    mf.IMPORTANCE_SAMPLE_RATIO = 0.75
+
+    mf.TEST = CN()
+    mf.TEST.SEMANTIC_ON = True
+    mf.TEST.INSTANCE_ON = False
+    mf.TEST.PANOPTIC_ON = False
+    mf.TEST.OBJECT_MASK_THRESHOLD = 0.0
+    mf.TEST.OVERLAP_THRESHOLD = 0.0
+    mf.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
+    # Ours (not in the official code): instance inference keeps the top TEST.DETECTIONS_PER_IMAGE
+    # predictions and, in addition, drops those scoring below this threshold (0 keeps all).
+    mf.TEST.INSTANCE_SCORE_THRESH = 0.0
+
+    head = cfg.MODEL.SEM_SEG_HEAD
+    head.MASK_DIM = 256
+    head.TRANSFORMER_ENC_LAYERS = 0
+    head.PIXEL_DECODER_NAME = "BasePixelDecoder"
+    head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
+    head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
+    head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
+
+    # Swin Transformer backbone
+    cfg.MODEL.SWIN = CN()
+    sw = cfg.MODEL.SWIN
+    sw.PRETRAIN_IMG_SIZE = 224
+    sw.PATCH_SIZE = 4
+    sw.EMBED_DIM = 96
+    sw.DEPTHS = [2, 2, 6, 2]
+    sw.NUM_HEADS = [3, 6, 12, 24]
+    sw.WINDOW_SIZE = 7
+    sw.MLP_RATIO = 4.0
+    sw.QKV_BIAS = True
+    sw.QK_SCALE = None
+    sw.DROP_RATE = 0.0
+    sw.ATTN_DROP_RATE = 0.0
+    sw.DROP_PATH_RATE = 0.3
+    sw.APE = False
+    sw.PATCH_NORM = True
+    sw.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    sw.USE_CHECKPOINT = False
+
+
+def add_maskformer2_video_config(cfg):
+    """Add the video keys (official names and defaults). Call after ``add_maskformer2_config``."""
+    cfg.INPUT.SAMPLING_FRAME_NUM = 2
+    cfg.INPUT.SAMPLING_FRAME_RANGE = 20
+    cfg.INPUT.SAMPLING_FRAME_SHUFFLE = False
+    cfg.INPUT.AUGMENTATIONS = []  # "brightness", "contrast", "saturation", "rotation"

@@ -1,0 +1,1 @@
+"""Datasets, dataset mappers and their registration."""

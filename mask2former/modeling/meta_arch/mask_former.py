@@ -1,0 +1,160 @@
+"""The ``MaskFormer`` meta-architecture: backbone -> pixel decoder -> transformer decoder -> masks + classes."""
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_seg_head
+from detectron2.modeling.backbone import Backbone
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+from detectron2.structures import ImageList
+from detectron2.utils.memory import retry_if_cuda_oom
+from torch import nn
+
+from ..criterion import build_criterion
+from ..postprocessing import instance_inference, panoptic_inference, semantic_inference
+
+
+def dataset_metadata(cfg):
+    """Metadata of the dataset the model's classes come from: DATASETS.TRAIN[0], else DATASETS.TEST[0]."""
+    names = list(cfg.DATASETS.TRAIN) or list(cfg.DATASETS.TEST)
+    return MetadataCatalog.get(names[0]) if names else None
+
+
+@META_ARCH_REGISTRY.register()
+class MaskFormer(nn.Module):
+    """Mask2Former for images.
+
+    Input: a list of dicts with "image" (C, H, W) in INPUT.FORMAT, optional "height"/"width" (output size),
+    and in training "instances" with gt_classes and gt_masks (N, H, W).
+    Output in training: dict of weighted losses. In inference: per image a dict with "sem_seg" (K, H, W),
+    "panoptic_seg" (segment ids (H, W) int32, segments_info) and "instances", as TEST.*_ON select.
+    """
+
+    @configurable
+    def __init__(self, *, backbone: Backbone, sem_seg_head: nn.Module, criterion: nn.Module, num_queries: int,
+                 object_mask_threshold: float, overlap_threshold: float, metadata, size_divisibility: int,
+                 sem_seg_postprocess_before_inference: bool, pixel_mean: Tuple[float], pixel_std: Tuple[float],
+                 semantic_on: bool, panoptic_on: bool, instance_on: bool, test_topk_per_image: int,
+                 instance_score_threshold: float = 0.0):
+        super().__init__()
+        self.backbone = backbone
+        self.sem_seg_head = sem_seg_head
+        self.criterion = criterion
+        self.num_queries = num_queries
+        self.object_mask_threshold = object_mask_threshold
+        self.overlap_threshold = overlap_threshold
+        self.metadata = metadata
+        self.size_divisibility = backbone.size_divisibility if size_divisibility < 0 else size_divisibility
+        self.sem_seg_postprocess_before_inference = sem_seg_postprocess_before_inference
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.semantic_on = semantic_on
+        self.panoptic_on = panoptic_on
+        self.instance_on = instance_on
+        self.test_topk_per_image = test_topk_per_image
+        self.instance_score_threshold = instance_score_threshold
+        if panoptic_on and not hasattr(metadata, "thing_dataset_id_to_contiguous_id"):
+            raise ValueError(
+                "MODEL.MASK_FORMER.TEST.PANOPTIC_ON needs the dataset metadata "
+                "'thing_dataset_id_to_contiguous_id' (which classes are things); the dataset named by "
+                "DATASETS.TRAIN[0] (or DATASETS.TEST[0]) has none")
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
+        test = cfg.MODEL.MASK_FORMER.TEST
+        return {
+            "backbone": backbone,
+            "sem_seg_head": sem_seg_head,
+            "criterion": build_criterion(cfg),
+            "num_queries": cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES,
+            "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,
+            "overlap_threshold": test.OVERLAP_THRESHOLD,
+            "metadata": dataset_metadata(cfg),
+            "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
+            "sem_seg_postprocess_before_inference": (
+                test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE or test.PANOPTIC_ON or test.INSTANCE_ON),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "semantic_on": test.SEMANTIC_ON,
+            "instance_on": test.INSTANCE_ON,
+            "panoptic_on": test.PANOPTIC_ON,
+            "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "instance_score_threshold": test.get("INSTANCE_SCORE_THRESH", 0.0),
+        }
+
+    @property
+    def device(self):
+        return self.pixel_mean.device
+
+    @property
+    def thing_ids(self):
+        return list(self.metadata.thing_dataset_id_to_contiguous_id.values())
+
+    def preprocess_image(self, batched_inputs):
+        """Normalise and pad to a common size divisible by ``size_divisibility``: ImageList (N, C, H', W')."""
+        images = [x["image"].to(self.device) for x in batched_inputs]
+        images = [(x - self.pixel_mean) / self.pixel_std for x in images]
+        return ImageList.from_tensors(images, self.size_divisibility)
+
+    def forward(self, batched_inputs):
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        outputs = self.sem_seg_head(features)
+
+        if self.training:
+            if "instances" not in batched_inputs[0]:
+                raise ValueError("training inputs need 'instances' (gt_classes, gt_masks); check the dataset "
+                                 "mapper (INPUT.DATASET_MAPPER_NAME)")
+            targets = self.prepare_targets([x["instances"].to(self.device) for x in batched_inputs], images)
+            losses = self.criterion(outputs, targets)
+            weights = self.criterion.weight_dict
+            return {k: v * weights[k] for k, v in losses.items() if k in weights}
+
+        mask_cls_results = outputs["pred_logits"]
+        mask_pred_results = F.interpolate(outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear",
+                                          align_corners=False)
+        del outputs
+        return [
+            self.inference_single(mask_cls, mask_pred, image_size, x.get("height", image_size[0]),
+                                  x.get("width", image_size[1]))
+            for mask_cls, mask_pred, x, image_size in zip(
+                mask_cls_results, mask_pred_results, batched_inputs, images.image_sizes)
+        ]
+
+    def inference_single(self, mask_cls, mask_pred, image_size, height, width):
+        """Post-process one image: mask_cls (Q, K+1), mask_pred (Q, H', W') at the padded input size."""
+        result = {}
+        if self.sem_seg_postprocess_before_inference:
+            mask_pred = retry_if_cuda_oom(sem_seg_postprocess)(mask_pred, image_size, height, width)
+            mask_cls = mask_cls.to(mask_pred)
+        if self.semantic_on:
+            r = retry_if_cuda_oom(semantic_inference)(mask_cls, mask_pred)
+            if not self.sem_seg_postprocess_before_inference:
+                r = retry_if_cuda_oom(sem_seg_postprocess)(r, image_size, height, width)
+            result["sem_seg"] = r
+        if self.panoptic_on:
+            result["panoptic_seg"] = retry_if_cuda_oom(panoptic_inference)(
+                mask_cls, mask_pred, thing_ids=self.thing_ids, object_mask_threshold=self.object_mask_threshold,
+                overlap_threshold=self.overlap_threshold)
+        if self.instance_on:
+            result["instances"] = retry_if_cuda_oom(instance_inference)(
+                mask_cls, mask_pred, topk=self.test_topk_per_image,
+                thing_ids=self.thing_ids if self.panoptic_on else None,
+                score_threshold=self.instance_score_threshold)
+        return result
+
+    def prepare_targets(self, targets, images):
+        """Pad each image's gt masks to the batch's padded size: list of {"labels" (N,), "masks" (N, H', W')}."""
+        h_pad, w_pad = images.tensor.shape[-2:]
+        new_targets = []
+        for t in targets:
+            gt_masks = t.gt_masks
+            gt_masks = gt_masks.tensor if hasattr(gt_masks, "tensor") else gt_masks
+            padded = gt_masks.new_zeros((gt_masks.shape[0], h_pad, w_pad))
+            padded[:, : gt_masks.shape[1], : gt_masks.shape[2]] = gt_masks
+            new_targets.append({"labels": t.gt_classes, "masks": padded})
+        return new_targets

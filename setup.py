@@ -1,0 +1,35 @@
+#!/usr/bin/env python
+"""Mask2Former for detectron2: ``pip install -e .`` (detectron2 itself: see tools/install_detectron2.py)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="mask2former",
+    version="0.1.0",
+    description="Mask2Former (image and video segmentation) as a detectron2 plugin, runnable on CPU",
+    packages=find_packages(include=["mask2former", "mask2former.*"]),
+    package_data={"mask2former": ["data/datasets/metadata/*.json"]},
+    python_requires=">=3.9",
+    install_requires=[
+        # torch/torchvision and detectron2 are installed by tools/setup.sh (see README: Dependencies).
+        "torch>=2.0",
+        "torchvision",
+        "fvcore>=0.1.5",
+        "iopath>=0.1.7",
+        "pycocotools>=2.0.2",
+        "scipy>=1.7",
+        "opencv-python-headless>=4.5",
+        "numpy",
+        "Pillow",
+        "matplotlib",
+        "tqdm",
+        "termcolor",
+        "tabulate",
+        "yacs",
+        "cloudpickle",
+        "omegaconf>=2.1",
+        "hydra-core>=1.1",
+        "tensorboard",
+        "shapely",
+    ],
+    extras_require={"test": ["pytest"]},
+)
