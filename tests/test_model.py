@@ -1,0 +1,185 @@
+"""The image model on small configs: checkpoints in the model-zoo formats, inference options, training step."""
+import copy
+import logging
+import pickle
+
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.structures import Instances
+
+from mask2former import add_maskformer2_config, add_maskformer2_video_config
+from mask2former.modeling.postprocessing import instance_inference, masks_to_boxes
+
+
+def tiny_cfg(**overrides):
+    """A small R18 + deformable pixel decoder Mask2Former (random init, CPU)."""
+    cfg = get_cfg()
+    add_maskformer2_config(cfg)
+    add_maskformer2_video_config(cfg)
+    cfg.merge_from_list([
+        "MODEL.META_ARCHITECTURE", "MaskFormer", "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
+        "MODEL.BACKBONE.FREEZE_AT", "0", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+        "MODEL.RESNETS.STEM_TYPE", "basic", "MODEL.RESNETS.NORM", "BN",
+        "MODEL.RESNETS.OUT_FEATURES", "['res2', 'res3', 'res4', 'res5']",
+        "MODEL.SEM_SEG_HEAD.NAME", "MaskFormerHead", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5",
+        "MODEL.SEM_SEG_HEAD.IN_FEATURES", "['res2', 'res3', 'res4', 'res5']",
+        "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME", "MSDeformAttnPixelDecoder",
+        "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32", "MODEL.SEM_SEG_HEAD.MASK_DIM", "32", "MODEL.SEM_SEG_HEAD.NORM", "GN",
+        "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1", "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS", "4",
+        "MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE", "multi_scale_pixel_decoder",
+        "MODEL.MASK_FORMER.HIDDEN_DIM", "32", "MODEL.MASK_FORMER.NHEADS", "4", "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64",
+        "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "6", "MODEL.MASK_FORMER.DEC_LAYERS", "4",
+        "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "256", "MODEL.MASK_FORMER.DROPOUT", "0.0",
+        "MODEL.MASK_FORMER.CLASS_WEIGHT", "2.0", "MODEL.MASK_FORMER.MASK_WEIGHT", "5.0",
+        "MODEL.MASK_FORMER.DICE_WEIGHT", "5.0",
+        "MODEL.MASK_FORMER.TEST.SEMANTIC_ON", "True", "MODEL.MASK_FORMER.TEST.INSTANCE_ON", "True",
+        "MODEL.MASK_FORMER.TEST.PANOPTIC_ON", "False",
+        "MODEL.PIXEL_MEAN", "[123.675, 116.28, 103.53]", "MODEL.PIXEL_STD", "[58.395, 57.12, 57.375]",
+        "INPUT.FORMAT", "RGB",
+    ])
+    cfg.merge_from_list([x for kv in overrides.items() for x in (kv[0], str(kv[1]))])
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(tiny_cfg()).eval()
+
+
+def test_state_dict_has_no_normalisation_buffers_and_has_empty_weight(model):
+    keys = model.state_dict().keys()
+    assert "criterion.empty_weight" in keys
+    assert "pixel_mean" not in keys and "pixel_std" not in keys
+    assert "sem_seg_head.predictor.query_feat.weight" in keys
+
+
+def _reload_and_compare(model, path):
+    torch.manual_seed(1)
+    fresh = build_model(tiny_cfg()).eval()
+    checkpointer = DetectionCheckpointer(fresh)
+    result = checkpointer.load(path)
+    assert result == {} or "model" not in result
+    for k, v in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+    return fresh
+
+
+def test_model_zoo_pickle_with_static_query_loads_without_missing_keys(model, tmp_path, caplog):
+    """Model-zoo files: {"model": {name: numpy}, "__author__"}, query features stored as static_query."""
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    state["sem_seg_head.predictor.static_query.weight"] = state.pop("sem_seg_head.predictor.query_feat.weight")
+    path = tmp_path / "model_final.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": state, "__author__": "test"}, f)
+    with caplog.at_level(logging.WARNING):
+        _reload_and_compare(model, str(path))
+    text = caplog.text
+    assert "missing" not in text.lower() and "unexpected" not in text.lower() and "not used" not in text.lower()
+
+
+def test_pth_checkpoint_loads(model, tmp_path, caplog):
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": model.state_dict(), "iteration": 3}, path)
+    with caplog.at_level(logging.WARNING):
+        _reload_and_compare(model, str(path))
+    assert "missing" not in caplog.text.lower() and "not used" not in caplog.text.lower()
+
+
+def test_inference_output_sizes(model):
+    image = torch.randint(0, 255, (3, 50, 70), dtype=torch.uint8)
+    with torch.no_grad():
+        out = model([{"image": image, "height": 100, "width": 140}])[0]
+    assert out["sem_seg"].shape == (5, 100, 140)
+    inst = out["instances"]
+    assert inst.image_size == (100, 140)
+    assert inst.pred_masks.shape[1:] == (100, 140)
+    # 6 queries x 5 classes = 30 candidates < TEST.DETECTIONS_PER_IMAGE (100): no crash, all kept.
+    assert len(inst) == 30
+
+
+def test_instance_inference_topk_threshold_and_boxes():
+    torch.manual_seed(0)
+    mask_cls = torch.randn(3, 5)  # 3 queries, 4 classes + no-object
+    mask_pred = torch.full((3, 20, 30), -10.0)
+    mask_pred[0, 2:5, 3:9] = 10.0
+    mask_pred[1, 10:20, 0:30] = 10.0
+    # query 2 predicts an empty mask
+    r = instance_inference(mask_cls, mask_pred, topk=100)
+    assert len(r) == 12  # clamped to queries x classes
+    r = instance_inference(mask_cls, mask_pred, topk=5)
+    assert len(r) == 5
+    r = instance_inference(mask_cls, mask_pred, topk=12)
+    boxes = r.pred_boxes.tensor
+    for mask, box in zip(r.pred_masks, boxes):
+        if mask.any():
+            ys, xs = torch.where(mask)
+            assert box.tolist() == [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+        else:
+            assert box.tolist() == [0, 0, 0, 0]
+    # The score threshold removes detections below it (the empty-mask query scores 0).
+    thr = float(r.scores.median())
+    rt = instance_inference(mask_cls, mask_pred, topk=12, score_threshold=thr)
+    assert len(rt) == int((r.scores >= thr).sum()) and (rt.scores >= thr).all()
+    # Only thing classes survive with thing_ids.
+    rth = instance_inference(mask_cls, mask_pred, topk=12, thing_ids=[1, 3])
+    assert set(rth.pred_classes.tolist()) <= {1, 3} and len(rth) == 6
+
+
+def test_masks_to_boxes():
+    masks = torch.zeros(3, 8, 10, dtype=torch.bool)
+    masks[0, 1:4, 2:7] = True
+    masks[1, 7, 9] = True
+    boxes = masks_to_boxes(masks).tensor
+    assert boxes.tolist() == [[2, 1, 7, 4], [9, 7, 10, 8], [0, 0, 0, 0]]
+
+
+def _batch(n=2, size=(64, 64), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    batch = []
+    for _ in range(n):
+        h, w = size
+        image = torch.randint(0, 255, (3, h, w), generator=g, dtype=torch.uint8)
+        inst = Instances((h, w))
+        masks = torch.zeros(2, h, w, dtype=torch.bool)
+        masks[0, : h // 2] = True
+        masks[1, h // 2:, w // 3:] = True
+        image[:, masks[1]] = 200
+        inst.gt_masks = masks
+        inst.gt_classes = torch.tensor([1, 3])
+        batch.append({"image": image, "instances": inst, "height": h, "width": w})
+    return batch
+
+
+def test_training_step_losses_and_gradients():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).train()
+    losses = model(_batch())
+    # 3 aux predictions (DEC_LAYERS 4) + the final one, 3 losses each.
+    assert len(losses) == 12 and all(torch.isfinite(v) for v in losses.values())
+    assert losses["loss_ce"].item() > 0
+    sum(losses.values()).backward()
+    grads = [p.grad for n, p in model.named_parameters() if p.requires_grad]
+    assert sum(g is not None and g.abs().sum() > 0 for g in grads) > 0.9 * len(grads)
+
+
+def test_training_reduces_loss_and_amp_bf16_runs():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch = _batch()
+    first = None
+    for _ in range(25):
+        loss = sum(model(copy.deepcopy(batch)).values())
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.7 * first
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(copy.deepcopy(batch))
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
