@@ -1,1 +1,2 @@
 """Datasets, dataset mappers and their registration."""
+from .datasets import register_shapes_world  # noqa: F401

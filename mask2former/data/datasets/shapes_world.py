@@ -1,0 +1,843 @@
+"""
+Shapes world: a generated dataset that makes the project usable and testable offline.
+
+Every image shows 2-4 textured stuff regions (grass, water, sand, wall) with irregular boundaries, covered by
+3-14 thing shapes (circle, square, triangle, star, ring, cross, hexagon) drawn in painter's order: later shapes
+occlude earlier ones and the annotations are the visible parts. Shapes range from tiny (8 px) to half the
+image, take random colours from one palette shared by all classes (colour never tells the class), touch and
+overlap, and the finished image is blurred and noised. The class list is data:
+``metadata/shapes_world.json``.
+
+Layout of a generated folder ``DIR`` (readable by detectron2's own COCO / COCO panoptic / sem-seg loaders)::
+
+    DIR/images/{split}/{split}_{index:06d}.jpg    RGB images
+    DIR/panoptic/{split}/{split}_{index:06d}.png  COCO panoptic PNG, segment id = R + 256 G + 256^2 B, 0 = void
+    DIR/semantic/{split}/{split}_{index:06d}.png  uint8 contiguous class ids, 255 = ignore
+    DIR/annotations/instances_{split}.json        COCO instances (polygons when a whole shape is visible,
+                                                  RLE for rings, occluded or clipped shapes), iscrowd 0
+    DIR/annotations/panoptic_{split}.json         COCO panoptic (images, annotations with segments_info,
+                                                  categories with isthing)
+    DIR/COMPLETE.json                             written last: generator parameters and file sizes
+
+Contiguous class ids are positions in the metadata category list (things first, then stuff). Ignored
+(void) pixels are a 2 px band along stuff/stuff boundaries, where the two textures are blended, and stuff
+whose visible area is below ``MIN_STUFF_AREA`` pixels.
+
+Image ``i`` of a split depends only on (seed, split, i), so a larger set extends a smaller one. With the same
+seed and the same numpy / OpenCV / pycocotools versions the files are byte-identical.
+
+Building blocks meant for reuse (e.g. by a video generator): :func:`shape_polygons`, :func:`render_shape`,
+:func:`smooth_noise`, :func:`stuff_texture`, :func:`stuff_background`, :func:`sample_shapes`,
+:func:`paint_shape`, :func:`degrade`. Scene assembly is :func:`generate_image`; files are written by
+:func:`ensure_shapes_world`, which is also the command line::
+
+    python -m mask2former.data.datasets.shapes_world --output datasets/shapes_world --num-train 300 --num-val 50
+"""
+import argparse
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_util
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_PARAMS",
+    "IGNORE_LABEL",
+    "LABEL_DIVISOR",
+    "SHAPE_KINDS",
+    "SPLITS",
+    "STUFF_TEXTURES",
+    "ShapeInstance",
+    "ShapesWorldFolderError",
+    "degrade",
+    "ensure_shapes_world",
+    "generate_image",
+    "main",
+    "paint_shape",
+    "rasterize_polygons",
+    "render_shape",
+    "sample_shapes",
+    "shape_polygons",
+    "shapes_world_categories",
+    "shapes_world_paths",
+    "smooth_noise",
+    "stuff_background",
+    "stuff_texture",
+    "validate_params",
+]
+
+METADATA_FILE = Path(__file__).resolve().parent / "metadata" / "shapes_world.json"
+GENERATOR_VERSION = 1  # bump whenever a change makes a given seed produce different files
+IGNORE_LABEL = 255
+LABEL_DIVISOR = 1000  # panoptic segment id = dataset category id * LABEL_DIVISOR + instance number
+SPLITS = ("train", "val")
+MARKER_FILE = "COMPLETE.json"
+LAYOUT_ENTRIES = ("images", "panoptic", "semantic", "annotations", MARKER_FILE)
+DEFAULT_PARAMS = {"num_train": 300, "num_val": 50, "seed": 0, "min_size": 256, "max_size": 384}
+MIN_IMAGE_SIZE = 64
+JPEG_QUALITY = 95
+
+# Shapes. `size` is the diameter of the circle circumscribing a shape, in pixels.
+SHAPE_KINDS = ("circle", "square", "triangle", "star", "ring", "cross", "hexagon")
+SMALLEST_SHAPE = 8.0
+MIN_SHAPE_SIZE = {"circle": 8, "square": 8, "triangle": 10, "star": 12, "ring": 14, "cross": 12, "hexagon": 8}
+STAR_INNER_RATIO = 0.45
+RING_HOLE_RATIO = 0.55
+CROSS_ARM_RATIO = 0.3
+# Scene sampling.
+NUM_SHAPES_RANGE = (3, 14)
+NEAR_PLACEMENT_PROB = 0.5  # place next to an earlier shape (touching or overlapping it)
+PLACEMENT_TRIES = 8
+MIN_VISIBLE_AREA = 16  # every shape keeps at least this many visible pixels ...
+MIN_VISIBLE_FRACTION = 0.3  # ... and this fraction of its in-image area
+MIN_IN_IMAGE_FRACTION = 0.5  # at least half of a shape lies inside the image
+MIN_STUFF_AREA = 64  # smaller visible stuff areas are void
+NUM_STUFF_RANGE = (2, 4)
+
+
+class ShapesWorldFolderError(RuntimeError):
+    """A shapes world folder holds data that the generator must not overwrite."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Metadata
+# ----------------------------------------------------------------------------------------------------------
+@lru_cache(maxsize=None)
+def _read_metadata() -> dict:
+    with open(METADATA_FILE) as f:
+        data = json.load(f)
+    where = f"shapes world metadata {METADATA_FILE}"
+    cats = data.get("categories")
+    if not isinstance(cats, list) or not cats:
+        raise ValueError(f"{where}: 'categories' must be a non-empty list")
+    for i, c in enumerate(cats):
+        if not isinstance(c, dict) or set(c) != {"id", "name", "isthing", "color"}:
+            raise ValueError(f"{where}: categories[{i}] must have exactly the keys id, name, isthing, color; got {c}")
+        color = c["color"]
+        valid_color = isinstance(color, list) and len(color) == 3
+        if not (valid_color and all(isinstance(v, int) and 0 <= v < 256 for v in color)):
+            raise ValueError(f"{where}: categories[{i}].color must be 3 integers in [0, 255], got {color}")
+        if c["isthing"] not in (0, 1) or not isinstance(c["id"], int) or c["id"] < 1:
+            raise ValueError(f"{where}: categories[{i}] needs an integer id >= 1 and isthing 0 or 1, got {c}")
+        known = SHAPE_KINDS if c["isthing"] else tuple(STUFF_TEXTURES)
+        if c["name"] not in known:
+            kind = "thing" if c["isthing"] else "stuff"
+            raise ValueError(f"{where}: categories[{i}].name {c['name']!r} is no {kind} the generator draws {known}")
+    ids = [c["id"] for c in cats]
+    if ids != sorted(set(ids)):
+        raise ValueError(f"{where}: category ids must be unique and increasing, got {ids}")
+    isthing = [c["isthing"] for c in cats]
+    if isthing != sorted(isthing, reverse=True) or 1 not in isthing or 0 not in isthing:
+        raise ValueError(f"{where}: list the thing categories first, then the stuff ones (both needed)")
+    if len(cats) > IGNORE_LABEL:
+        raise ValueError(f"{where}: at most {IGNORE_LABEL} categories fit uint8 maps (ignore = {IGNORE_LABEL})")
+    if max(ids) * LABEL_DIVISOR + LABEL_DIVISOR >= 256**3:
+        raise ValueError(f"{where}: category ids must stay below {256**3 // LABEL_DIVISOR - 1} for panoptic PNG ids")
+    palette = data.get("instance_palette")
+    if not (isinstance(palette, list) and palette and all(isinstance(p, list) and len(p) == 3 for p in palette)):
+        raise ValueError(f"{where}: 'instance_palette' must be a non-empty list of RGB triples")
+    return data
+
+
+def shapes_world_categories() -> List[dict]:
+    """The categories (dicts with id, name, isthing, color), things first; position = contiguous id."""
+    return copy.deepcopy(_read_metadata()["categories"])
+
+
+def instance_palette() -> np.ndarray:
+    """(K, 3) float32 RGB colours that thing instances of every class draw from."""
+    return np.asarray(_read_metadata()["instance_palette"], dtype=np.float32)
+
+
+def _metadata_fingerprint() -> str:
+    canonical = json.dumps(_read_metadata(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shapes
+# ----------------------------------------------------------------------------------------------------------
+def _ring_points(n: int, radius: float, phase: float = 0.0) -> np.ndarray:
+    t = phase + 2 * np.pi * np.arange(n) / n
+    return radius * np.stack([np.cos(t), np.sin(t)], axis=1)
+
+
+def _local_polygons(kind: str, r: float) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+    """Outer polygons and holes of a shape of radius ``r`` centred at the origin, unrotated."""
+    num_circle = int(np.clip(round(np.pi * r / 1.5), 12, 96))  # vertices about 3 px apart
+    if kind == "circle":
+        return [_ring_points(num_circle, r)], []
+    if kind == "ring":
+        return [_ring_points(num_circle, r)], [_ring_points(num_circle, r * RING_HOLE_RATIO)]
+    if kind == "square":
+        return [_ring_points(4, r, np.pi / 4)], []
+    if kind == "triangle":
+        return [_ring_points(3, r, -np.pi / 2)], []
+    if kind == "hexagon":
+        return [_ring_points(6, r)], []
+    if kind == "star":
+        pts = _ring_points(10, r, -np.pi / 2)
+        pts[1::2] *= STAR_INNER_RATIO
+        return [pts], []
+    if kind == "cross":
+        a, b = CROSS_ARM_RATIO, 1.0
+        quarter = [(a, b), (a, a), (b, a)]  # one arm tip and the inner corner, turned 4 times
+        pts = []
+        for k in range(4):
+            c, s = math.cos(k * np.pi / 2), math.sin(k * np.pi / 2)
+            pts += [(x * c - y * s, x * s + y * c) for x, y in quarter]
+        return [r * np.asarray(pts)], []
+    raise ValueError(f"shape kind must be one of {SHAPE_KINDS}, got {kind!r}")
+
+
+def shape_polygons(
+    kind: str, center: Sequence[float], size: float, angle: float
+) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+    """
+    Polygons of one shape, in image pixel coordinates.
+
+    Args:
+        kind: one of SHAPE_KINDS.
+        center: (x, y) in pixels.
+        size: diameter of the circumscribed circle in pixels.
+        angle: rotation in radians.
+
+    Returns:
+        (outer, holes): lists of (N, 2) float64 arrays of (x, y) vertices, rounded to 0.01 px (so they
+        survive a JSON round trip exactly). The shape is the union of `outer` minus the union of `holes`.
+    """
+    outer, holes = _local_polygons(kind, size / 2.0)
+    c, s = math.cos(angle), math.sin(angle)
+    rot = np.array([[c, s], [-s, c]])  # row vectors: p @ rot turns p by `angle`
+    offset = np.asarray(center, dtype=np.float64)
+
+    def place(polys):
+        return [np.round(p @ rot + offset, 2) for p in polys]
+
+    return place(outer), place(holes)
+
+
+def rasterize_polygons(polygons: Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
+    """Union of (N, 2) polygons as a bool (height, width) mask, rasterised exactly like COCO / detectron2."""
+    if len(polygons) == 0:
+        return np.zeros((height, width), dtype=bool)
+    rles = mask_util.frPyObjects([p.ravel().tolist() for p in polygons], height, width)
+    return mask_util.decode(mask_util.merge(rles)).astype(bool)
+
+
+def render_shape(
+    kind: str, center: Sequence[float], size: float, angle: float, height: int, width: int
+) -> np.ndarray:
+    """Bool (height, width) mask of a shape (see :func:`shape_polygons` for the arguments)."""
+    outer, holes = shape_polygons(kind, center, size, angle)
+    mask = rasterize_polygons(outer, height, width)
+    if holes:
+        mask &= ~rasterize_polygons(holes, height, width)
+    return mask
+
+
+def _polygon_area(poly: np.ndarray) -> float:
+    x, y = poly[:, 0], poly[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def shape_area(kind: str, size: float) -> float:
+    """Area in px^2 of an unclipped shape."""
+    outer, holes = _local_polygons(kind, size / 2.0)
+    return sum(map(_polygon_area, outer)) - sum(map(_polygon_area, holes))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stuff textures
+# ----------------------------------------------------------------------------------------------------------
+def smooth_noise(rng: np.random.Generator, height: int, width: int, cell: float) -> np.ndarray:
+    """(height, width) float32 smooth random field with features about `cell` px wide, values ~N(0, 1)."""
+    gh = max(2, int(math.ceil(height / cell)) + 1)
+    gw = max(2, int(math.ceil(width / cell)) + 1)
+    grid = rng.standard_normal((gh, gw)).astype(np.float32)
+    return cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def _jitter_color(rng: np.random.Generator, base: Sequence[float], amount: float = 15.0) -> np.ndarray:
+    return np.clip(np.asarray(base, np.float32) + rng.normal(0.0, amount, 3).astype(np.float32), 0, 255)
+
+
+def _grid(height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:height, 0:width]
+    return yy.astype(np.float32), xx.astype(np.float32)
+
+
+def grass_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Green with short vertical blade streaks and patchy brightness."""
+    base = _jitter_color(rng, (70, 140, 50))
+    blades = cv2.blur(rng.standard_normal((height, width)).astype(np.float32), (1, 9)) * 3.0
+    shade = 1.0 + 0.18 * blades + 0.15 * smooth_noise(rng, height, width, 48)
+    img = base * shade[..., None]
+    img[..., 0] += 15.0 * smooth_noise(rng, height, width, 64)  # yellowish patches
+    return img
+
+
+def water_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Blue with warped wave stripes and bright crests."""
+    base = _jitter_color(rng, (45, 95, 175))
+    period, theta = rng.uniform(7.0, 14.0), rng.uniform(-0.3, 0.3)
+    yy, xx = _grid(height, width)
+    t = yy * math.cos(theta) + xx * math.sin(theta) + 4.0 * smooth_noise(rng, height, width, 40)
+    waves = np.sin(2 * np.pi * t / period)
+    shade = 1.0 + 0.15 * waves + 0.1 * smooth_noise(rng, height, width, 64)
+    crest = np.clip(waves - 0.85, 0.0, None) / 0.15
+    return base * shade[..., None] + 60.0 * crest[..., None]
+
+
+def sand_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Beige speckle with fine ripples and dark grains."""
+    base = _jitter_color(rng, (205, 180, 125))
+    period, theta = rng.uniform(5.0, 9.0), rng.uniform(0.0, np.pi)
+    yy, xx = _grid(height, width)
+    t = xx * math.cos(theta) + yy * math.sin(theta) + 2.0 * smooth_noise(rng, height, width, 32)
+    shade = (
+        1.0
+        + 0.07 * rng.standard_normal((height, width)).astype(np.float32)
+        + 0.06 * np.sin(2 * np.pi * t / period)
+        - np.where(rng.random((height, width), dtype=np.float32) < 0.02, np.float32(0.25), np.float32(0.0))
+        + 0.08 * smooth_noise(rng, height, width, 64)
+    )
+    return base * shade[..., None]
+
+
+def wall_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Running-bond bricks with light mortar lines."""
+    brick = _jitter_color(rng, (150, 75, 60), 20.0)
+    mortar_color = _jitter_color(rng, (190, 185, 175), 10.0)
+    bh = int(rng.integers(7, 14))
+    bw = 2 * bh + int(rng.integers(-2, 3))
+    mortar = int(rng.integers(1, 3))
+    yy = np.arange(height)[:, None]
+    row = yy // bh
+    xo = np.arange(width)[None, :] + (row % 2) * (bw // 2)
+    col = xo // bw
+    brick_shade = 1.0 + 0.12 * rng.standard_normal((height // bh + 1, (width + bw) // bw + 1)).astype(np.float32)
+    shade = brick_shade[np.broadcast_to(row, col.shape), col]
+    shade = shade + 0.04 * rng.standard_normal((height, width)).astype(np.float32)
+    is_mortar = (yy % bh < mortar) | (xo % bw < mortar)
+    return np.where(is_mortar[..., None], mortar_color, brick * shade[..., None])
+
+
+STUFF_TEXTURES: Dict[str, Callable[[np.random.Generator, int, int], np.ndarray]] = {
+    "grass": grass_texture,
+    "water": water_texture,
+    "sand": sand_texture,
+    "wall": wall_texture,
+}
+
+
+def stuff_texture(name: str, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """(height, width, 3) float32 RGB texture (values about 0..255) of the stuff class `name`."""
+    if name not in STUFF_TEXTURES:
+        raise ValueError(f"stuff texture must be one of {tuple(STUFF_TEXTURES)}, got {name!r}")
+    return STUFF_TEXTURES[name](rng, height, width).astype(np.float32)
+
+
+def stuff_background(
+    rng: np.random.Generator, height: int, width: int, stuff_names: Sequence[str] = tuple(STUFF_TEXTURES)
+) -> Tuple[np.ndarray, np.ndarray]:
+    """
+    Partition an image into irregular regions of 2-4 stuff classes (argmax of smoothed noise fields) and
+    texture them. A 2 px band along region boundaries blends both textures and is labelled -1 (ignore).
+
+    Returns:
+        image: (height, width, 3) float32 RGB.
+        labels: (height, width) int32 index into `stuff_names`, -1 on the boundary band.
+    """
+    lo, hi = NUM_STUFF_RANGE
+    k = int(rng.integers(min(lo, len(stuff_names)), min(hi, len(stuff_names)) + 1))
+    chosen = rng.choice(len(stuff_names), size=k, replace=False)
+    cell = rng.uniform(0.25, 0.5) * max(height, width)
+    fields = np.stack(
+        [
+            smooth_noise(rng, height, width, cell)
+            + 0.35 * smooth_noise(rng, height, width, cell / 5)
+            + rng.normal(0.0, 0.3)
+            for _ in range(k)
+        ]
+    )
+    region = fields.argmax(axis=0).astype(np.uint8)
+    image = np.zeros((height, width, 3), np.float32)
+    for j, c in enumerate(chosen):
+        np.copyto(image, stuff_texture(stuff_names[c], rng, height, width), where=(region == j)[..., None])
+    kernel = np.ones((3, 3), np.uint8)
+    band = cv2.dilate(region, kernel) != cv2.erode(region, kernel)
+    image[band] = cv2.GaussianBlur(image, (5, 5), 0)[band]
+    labels = chosen.astype(np.int32)[region]
+    labels[band] = -1
+    return image, labels
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Things
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class ShapeInstance:
+    """One drawn shape. `color` is RGB; `shading` = (direction in radians, strength) of a linear
+    brightness gradient across the shape, so touching shapes of one colour stay distinguishable."""
+
+    kind: str
+    center: Tuple[float, float]
+    size: float
+    angle: float
+    color: Tuple[float, float, float]
+    shading: Tuple[float, float]
+
+    def mask(self, height: int, width: int) -> np.ndarray:
+        return render_shape(self.kind, self.center, self.size, self.angle, height, width)
+
+
+def paint_shape(image: np.ndarray, mask: np.ndarray, shape: ShapeInstance) -> None:
+    """Paint `shape` (its bool `mask`) into the float (H, W, 3) RGB `image` in place."""
+    ys, xs = np.nonzero(mask)
+    direction, strength = shape.shading
+    t = ((xs - shape.center[0]) * math.cos(direction) + (ys - shape.center[1]) * math.sin(direction)) / (
+        shape.size / 2.0
+    )
+    color = np.asarray(shape.color, np.float32)
+    image[ys, xs] = np.clip(color[None, :] * (1.0 + strength * t.astype(np.float32))[:, None], 0, 255)
+
+
+def sample_shapes(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    kinds: Sequence[str] = SHAPE_KINDS,
+    palette: Optional[np.ndarray] = None,
+) -> Tuple[List[ShapeInstance], List[np.ndarray]]:
+    """
+    Sample 3-14 shapes in painter's order (later ones on top). Sizes are log-uniform from 8 px to half the
+    shorter image side; about half the shapes are placed against an earlier shape (touching or overlapping).
+    A placement is retried when it would leave an earlier shape less than MIN_VISIBLE_AREA px or
+    MIN_VISIBLE_FRACTION of its area visible; a shape with no valid placement is dropped.
+
+    Returns:
+        shapes: the ShapeInstances, in drawing order.
+        masks: their full (unoccluded, clipped to the image) bool (height, width) masks.
+    """
+    palette = instance_palette() if palette is None else np.asarray(palette, np.float32)
+    n = int(rng.integers(NUM_SHAPES_RANGE[0], NUM_SHAPES_RANGE[1] + 1))
+    largest = max(SMALLEST_SHAPE, 0.5 * min(height, width))
+    sizes = np.exp(rng.uniform(math.log(SMALLEST_SHAPE), math.log(largest), n))
+    kind_ids = rng.integers(len(kinds), size=n)
+    order = np.argsort(-np.log(sizes) + rng.normal(0.0, 0.5, n), kind="stable")  # mostly large ones first
+
+    owner = np.full((height, width), -1, np.int32)  # index of the shape visible at each pixel
+    shapes: List[ShapeInstance] = []
+    masks: List[np.ndarray] = []
+    areas: List[int] = []
+    for i in order:
+        kind = kinds[kind_ids[i]]
+        size = float(max(sizes[i], MIN_SHAPE_SIZE[kind]))
+        min_in_image = MIN_IN_IMAGE_FRACTION * shape_area(kind, size)
+        for _ in range(PLACEMENT_TRIES):
+            if shapes and rng.random() < NEAR_PLACEMENT_PROB:
+                other = shapes[int(rng.integers(len(shapes)))]
+                dist = 0.5 * (size + other.size) * rng.uniform(0.5, 1.0)
+                direction = rng.uniform(0.0, 2 * np.pi)
+                center = (
+                    other.center[0] + dist * math.cos(direction),
+                    other.center[1] + dist * math.sin(direction),
+                )
+            else:
+                center = (rng.uniform(0.0, width), rng.uniform(0.0, height))
+            angle = rng.uniform(0.0, 2 * np.pi)
+            mask = render_shape(kind, center, size, angle, height, width)
+            area = int(mask.sum())
+            if area < max(MIN_VISIBLE_AREA, min_in_image):
+                continue
+            if shapes:
+                left = np.bincount(owner[(owner >= 0) & ~mask], minlength=len(shapes))
+                needed = np.maximum(MIN_VISIBLE_AREA, MIN_VISIBLE_FRACTION * np.asarray(areas))
+                if np.any(left < needed):
+                    continue
+            color = np.clip(palette[int(rng.integers(len(palette)))] + rng.normal(0.0, 12.0, 3), 0, 255)
+            shading = (float(rng.uniform(0.0, 2 * np.pi)), float(rng.uniform(0.05, 0.35)))
+            shapes.append(ShapeInstance(kind, center, size, angle, tuple(float(v) for v in color), shading))
+            masks.append(mask)
+            areas.append(area)
+            owner[mask] = len(shapes) - 1
+            break
+    return shapes, masks
+
+
+def degrade(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """Gaussian blur (sigma 0.3-1.2, 80% of images) then Gaussian noise (sigma 2-8); returns uint8."""
+    image = image.astype(np.float32)
+    if rng.random() < 0.8:
+        image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.3, 1.2))
+    image = image + rng.uniform(2.0, 8.0) * rng.standard_normal(image.shape, dtype=np.float32)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One image
+# ----------------------------------------------------------------------------------------------------------
+def generate_image(rng: np.random.Generator, height: int, width: int) -> dict:
+    """
+    Draw one scene and its annotations.
+
+    Returns a dict with
+        "image": (H, W, 3) uint8 RGB,
+        "semantic": (H, W) uint8 contiguous ids, IGNORE_LABEL for void,
+        "panoptic": (H, W) int32 segment ids, 0 for void,
+        "segments": list of dicts with "id", "category_id" (dataset id), "isthing", "mask" (bool (H, W),
+            visible pixels) and, for things, "polygon": an (N, 2) array when the whole shape is visible as a
+            single polygon inside the image (its COCO rasterisation equals "mask"), else None.
+    """
+    cats = _read_metadata()["categories"]
+    contiguous = {c["id"]: i for i, c in enumerate(cats)}
+    things = {c["name"]: c for c in cats if c["isthing"]}
+    stuff = [c for c in cats if not c["isthing"]]
+
+    image, stuff_labels = stuff_background(rng, height, width, [c["name"] for c in stuff])
+    shapes, masks = sample_shapes(rng, height, width, list(things), instance_palette())
+    owner = np.full((height, width), -1, np.int32)
+    for k, (shape, mask) in enumerate(zip(shapes, masks)):
+        paint_shape(image, mask, shape)
+        owner[mask] = k
+    image = degrade(rng, image)
+
+    semantic = np.full((height, width), IGNORE_LABEL, np.uint8)
+    panoptic = np.zeros((height, width), np.int32)
+    segments = []
+    for k, (shape, full) in enumerate(zip(shapes, masks)):
+        cat = things[shape.kind]
+        visible = owner == k
+        outer, holes = shape_polygons(shape.kind, shape.center, shape.size, shape.angle)
+        inside = all(
+            p[:, 0].min() >= 0 and p[:, 1].min() >= 0 and p[:, 0].max() <= width and p[:, 1].max() <= height
+            for p in outer
+        )
+        polygon = outer[0] if (not holes and len(outer) == 1 and inside and np.array_equal(visible, full)) else None
+        seg_id = cat["id"] * LABEL_DIVISOR + k + 1
+        semantic[visible] = contiguous[cat["id"]]
+        panoptic[visible] = seg_id
+        segments.append({"id": seg_id, "category_id": cat["id"], "isthing": 1, "mask": visible, "polygon": polygon})
+    background = owner < 0
+    for j, cat in enumerate(stuff):
+        visible = background & (stuff_labels == j)
+        if visible.sum() < MIN_STUFF_AREA:  # too small to annotate: stays void / ignore
+            continue
+        seg_id = cat["id"] * LABEL_DIVISOR
+        semantic[visible] = contiguous[cat["id"]]
+        panoptic[visible] = seg_id
+        segments.append({"id": seg_id, "category_id": cat["id"], "isthing": 0, "mask": visible, "polygon": None})
+    return {"image": image, "semantic": semantic, "panoptic": panoptic, "segments": segments}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------------------
+def shapes_world_paths(folder, split: str) -> Dict[str, str]:
+    """Paths of one split inside a shapes world folder: image_root, panoptic_root, sem_seg_root,
+    panoptic_json and instances_json."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    folder = str(folder)
+    return {
+        "image_root": os.path.join(folder, "images", split),
+        "panoptic_root": os.path.join(folder, "panoptic", split),
+        "sem_seg_root": os.path.join(folder, "semantic", split),
+        "panoptic_json": os.path.join(folder, "annotations", f"panoptic_{split}.json"),
+        "instances_json": os.path.join(folder, "annotations", f"instances_{split}.json"),
+    }
+
+
+def validate_params(num_train, num_val, seed, min_size, max_size) -> dict:
+    """Check generator arguments; errors name the CLI flag. Returns the parameters recorded in COMPLETE.json."""
+
+    def check_int(value, flag, lowest):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lowest:
+            raise ValueError(f"{flag} must be an integer >= {lowest}, got {value!r}")
+        return int(value)
+
+    params = {
+        "num_train": check_int(num_train, "--num-train (num_train)", 1),
+        "num_val": check_int(num_val, "--num-val (num_val)", 1),
+        "seed": check_int(seed, "--seed (seed)", 0),
+        "min_size": check_int(min_size, "--min-size (min_size)", MIN_IMAGE_SIZE),
+        "max_size": check_int(max_size, "--max-size (max_size)", MIN_IMAGE_SIZE),
+    }
+    if params["min_size"] > params["max_size"]:
+        raise ValueError(
+            f"--min-size (min_size) {params['min_size']} must not exceed --max-size (max_size) {params['max_size']}"
+        )
+    params["version"] = GENERATOR_VERSION
+    params["metadata"] = _metadata_fingerprint()
+    return params
+
+
+def _write_png(path: str, array: np.ndarray) -> None:
+    if not cv2.imwrite(path, array):
+        raise OSError(f"could not write {path}")
+
+
+def _write_split(folder: Path, split: str, params: dict, progress: tqdm) -> None:
+    paths = shapes_world_paths(folder, split)
+    for key in ("image_root", "panoptic_root", "sem_seg_root"):
+        os.makedirs(paths[key], exist_ok=True)
+    cats = _read_metadata()["categories"]
+    images, instance_anns, panoptic_anns = [], [], []
+    for i in range(params[f"num_{split}"]):
+        rng = np.random.default_rng([params["seed"], SPLITS.index(split), i])
+        height, width = (int(v) for v in rng.integers(params["min_size"], params["max_size"] + 1, size=2))
+        sample = generate_image(rng, height, width)
+        stem, image_id = f"{split}_{i:06d}", i + 1
+        if not cv2.imwrite(
+            os.path.join(paths["image_root"], stem + ".jpg"),
+            sample["image"][:, :, ::-1],
+            [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY],
+        ):
+            raise OSError(f"could not write {stem}.jpg into {paths['image_root']}")
+        pan = sample["panoptic"]
+        bgr = np.stack([pan // 256**2, (pan // 256) % 256, pan % 256], axis=-1).astype(np.uint8)
+        _write_png(os.path.join(paths["panoptic_root"], stem + ".png"), bgr)
+        _write_png(os.path.join(paths["sem_seg_root"], stem + ".png"), sample["semantic"])
+
+        images.append({"id": image_id, "file_name": stem + ".jpg", "height": height, "width": width})
+        segments_info = []
+        for seg in sample["segments"]:
+            rle = mask_util.encode(np.asfortranarray(seg["mask"].astype(np.uint8)))
+            box = [float(v) for v in mask_util.toBbox(rle)]
+            area = int(seg["mask"].sum())
+            segments_info.append(
+                {"id": seg["id"], "category_id": seg["category_id"], "iscrowd": 0, "area": area, "bbox": box}
+            )
+            if not seg["isthing"]:
+                continue
+            if seg["polygon"] is not None:
+                segmentation = [[float(v) for v in seg["polygon"].ravel()]]
+            else:
+                segmentation = {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+            instance_anns.append(
+                {
+                    "id": len(instance_anns) + 1,
+                    "image_id": image_id,
+                    "category_id": seg["category_id"],
+                    "segmentation": segmentation,
+                    "area": area,
+                    "bbox": box,
+                    "iscrowd": 0,
+                }
+            )
+        panoptic_anns.append({"image_id": image_id, "file_name": stem + ".png", "segments_info": segments_info})
+        progress.update(1)
+
+    info = {"description": "shapes world (generated)", "version": GENERATOR_VERSION, "seed": params["seed"]}
+    instances = {
+        "info": info,
+        "images": images,
+        "annotations": instance_anns,
+        "categories": [
+            {"id": c["id"], "name": c["name"], "supercategory": "shape"} for c in cats if c["isthing"]
+        ],
+    }
+    panoptic = {
+        "info": info,
+        "images": images,
+        "annotations": panoptic_anns,
+        "categories": [
+            {
+                "id": c["id"],
+                "name": c["name"],
+                "supercategory": "shape" if c["isthing"] else "ground",
+                "isthing": c["isthing"],
+                "color": c["color"],
+            }
+            for c in cats
+        ],
+    }
+    os.makedirs(os.path.dirname(paths["instances_json"]), exist_ok=True)
+    for path, data in ((paths["instances_json"], instances), (paths["panoptic_json"], panoptic)):
+        with open(path, "w") as f:
+            json.dump(data, f, separators=(",", ":"))
+
+
+def _file_sizes(folder: Path) -> Dict[str, int]:
+    sizes = {}
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            sizes[os.path.relpath(path, folder).replace(os.sep, "/")] = os.path.getsize(path)
+    return dict(sorted(sizes.items()))
+
+
+def _generate_into(folder: Path, params: dict, show_progress: bool) -> None:
+    folder.mkdir(parents=True)
+    total = params["num_train"] + params["num_val"]
+    with tqdm(total=total, desc="shapes world", unit="img", disable=not show_progress) as progress:
+        for split in SPLITS:
+            _write_split(folder, split, params, progress)
+    marker = {"generator": "shapes_world", "params": params, "files": _file_sizes(folder)}
+    with open(folder / MARKER_FILE, "w") as f:
+        json.dump(marker, f, indent=1)
+
+
+def _folder_state(folder: Path, params: dict) -> Tuple[str, str]:
+    """("missing" | "complete" | "partial", reason). Raises ShapesWorldFolderError for data generated with
+    other parameters or for entries the generator did not write in a folder it would have to replace."""
+    if not folder.exists():
+        return "missing", ""
+    if not folder.is_dir():
+        raise ShapesWorldFolderError(
+            f"shapes world folder {folder} (CLI --output) is a file, expected a directory or a new path"
+        )
+    marker = folder / MARKER_FILE
+    reason = "no COMPLETE.json marker (interrupted generation?)"
+    if marker.exists():
+        try:
+            with open(marker) as f:
+                info = json.load(f)
+            recorded, files = info["params"], info["files"]
+            if not isinstance(recorded, dict) or not isinstance(files, dict):
+                raise TypeError("params and files must be objects")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            reason = f"unreadable {MARKER_FILE} ({e})"
+        else:
+            diffs = [
+                f"{key}: folder has {recorded.get(key)!r}, requested {value!r}"
+                for key, value in params.items()
+                if recorded.get(key) != value
+            ]
+            if diffs:
+                raise ShapesWorldFolderError(
+                    f"{folder} holds shapes world data generated with other parameters ({'; '.join(diffs)}). "
+                    "Refusing to overwrite it: delete or move it, or generate elsewhere (CLI --output; "
+                    "$DETECTRON2_DATASETS for the registered datasets)."
+                )
+            problems = []
+            for rel, size in files.items():
+                path = folder / rel
+                if not path.is_file():
+                    problems.append(f"{rel} missing")
+                elif path.stat().st_size != size:
+                    problems.append(f"{rel} has {path.stat().st_size} bytes, expected {size}")
+            if not problems:
+                return "complete", ""
+            reason = f"{len(problems)} damaged files, e.g. {problems[0]}"
+    unknown = sorted(set(os.listdir(folder)) - set(LAYOUT_ENTRIES))
+    if unknown:
+        raise ShapesWorldFolderError(
+            f"{folder} is not a complete shapes world folder ({reason}) and holds entries the generator did not "
+            f"write: {unknown[:5]}. Refusing to replace it: move those away or generate elsewhere."
+        )
+    return "partial", reason
+
+
+def ensure_shapes_world(
+    folder,
+    *,
+    num_train: int = DEFAULT_PARAMS["num_train"],
+    num_val: int = DEFAULT_PARAMS["num_val"],
+    seed: int = DEFAULT_PARAMS["seed"],
+    min_size: int = DEFAULT_PARAMS["min_size"],
+    max_size: int = DEFAULT_PARAMS["max_size"],
+    show_progress: bool = True,
+) -> Path:
+    """
+    Make `folder` hold a complete shapes world set with these parameters and return it as a Path.
+
+    A complete folder with the same parameters is reused. A folder without a valid marker or with missing or
+    truncated files is regenerated (only if it holds nothing but the generator's own entries). A folder made
+    with other parameters raises ShapesWorldFolderError naming what differs. The set is written into a
+    temporary sibling folder that is renamed into place, so concurrent callers (e.g. one per GPU) are safe.
+    """
+    params = validate_params(num_train, num_val, seed, min_size, max_size)
+    folder = Path(folder)
+    state, reason = _folder_state(folder, params)
+    if state == "complete":
+        return folder
+    if state == "partial":
+        logger.warning(f"Shapes world folder {folder} is incomplete: {reason}. Regenerating it.")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    start = time.perf_counter()
+    try:
+        _generate_into(tmp, params, show_progress)
+        state, _ = _folder_state(folder, params)  # another process may have finished meanwhile
+        if state == "complete":
+            return folder
+        if state == "partial":
+            shutil.rmtree(folder)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if _folder_state(folder, params)[0] != "complete":
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info(
+        f"Shapes world: wrote {params['num_train']} train + {params['num_val']} val images "
+        f"({params['min_size']}-{params['max_size']} px, seed {params['seed']}) to {folder} "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------
+def main(argv: Optional[Sequence[str]] = None) -> Path:
+    parser = argparse.ArgumentParser(
+        prog="python -m mask2former.data.datasets.shapes_world",
+        description="Generate the shapes world dataset (COCO instances, COCO panoptic, semantic PNGs). "
+        "An existing complete folder with the same parameters is kept; one with other parameters is an error.",
+    )
+    default_output = os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "shapes_world")
+    parser.add_argument("--output", default=default_output, help=f"dataset folder (default: {default_output})")
+    parser.add_argument("--num-train", type=int, default=DEFAULT_PARAMS["num_train"], help="training images (>= 1)")
+    parser.add_argument("--num-val", type=int, default=DEFAULT_PARAMS["num_val"], help="validation images (>= 1)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_PARAMS["seed"], help="random seed (>= 0)")
+    parser.add_argument(
+        "--min-size", type=int, default=DEFAULT_PARAMS["min_size"],
+        help=f"smallest image height/width in px (>= {MIN_IMAGE_SIZE})",
+    )
+    parser.add_argument(
+        "--max-size", type=int, default=DEFAULT_PARAMS["max_size"], help="largest image height/width in px"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        parser.error(f"--output {args.output} is a file, expected a directory or a new path")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    params = dict(
+        num_train=args.num_train, num_val=args.num_val, seed=args.seed, min_size=args.min_size, max_size=args.max_size
+    )
+    try:
+        recorded = validate_params(**params)
+    except ValueError as e:
+        parser.error(str(e))
+    existed = _folder_state(Path(args.output), recorded)[0] == "complete"
+    folder = ensure_shapes_world(args.output, show_progress=not args.no_progress, **params)
+    if existed:
+        logger.info(f"Shapes world: {folder} is already complete with these parameters; nothing written.")
+    return folder
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ShapesWorldFolderError as e:
+        raise SystemExit(f"error: {e}")
