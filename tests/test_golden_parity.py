@@ -12,15 +12,13 @@ from detectron2.modeling import build_model
 
 from mask2former import add_maskformer2_config, add_maskformer2_video_config
 from mask2former.modeling.postprocessing import instance_inference, panoptic_inference, semantic_inference
+from shared_paths import GOLDEN, require
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GOLDEN = os.environ.get(
-    "MASK2FORMER_GOLDEN", os.path.join(REPO, "..", "shared", "golden", "tiny_swin_coco_panoptic"))
 CONFIG = os.path.join(REPO, "configs/coco/panoptic-segmentation/swin/maskformer2_swin_tiny_bs16_50ep.yaml")
 ATOL = 1e-4
 
-pytestmark = pytest.mark.skipif(
-    not os.path.isdir(GOLDEN), reason=f"golden data not found at {GOLDEN} (set MASK2FORMER_GOLDEN)")
+require(GOLDEN)
 
 OVERRIDES = [
     "MODEL.SEM_SEG_HEAD.CONVS_DIM", 64, "MODEL.SEM_SEG_HEAD.MASK_DIM", 64,

@@ -18,8 +18,10 @@ from mask2former.modeling.backbone.swin import (
     window_reverse,
 )
 
-REFERENCE = Path("/work/shared/reference/official_state_dicts.json")
-GOLDEN = Path("/work/shared/golden/tiny_swin_coco_panoptic")
+from shared_paths import GOLDEN, REFERENCE, require
+
+require(REFERENCE)
+require(GOLDEN)
 
 # The four official variants: EMBED_DIM, DEPTHS, NUM_HEADS.
 VARIANTS = {

@@ -1,0 +1,92 @@
+#!/usr/bin/env python
+"""Full-model inference latency, split into backbone, pixel decoder, transformer decoder and post-processing.
+
+Builds a config (default: the official R50 COCO panoptic config, random weights) and times each stage on
+random images of the given sizes with 1 and 2 threads (median of --repeats runs after one warm-up), then
+prints the per-stage times and shares side by side.
+
+    python tools/benchmark_model.py [--config-file F] [--sizes 512x640 800x1216] [--threads 1 2] [--repeats 3]
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+
+from mask2former import add_maskformer2_config, add_maskformer2_video_config  # noqa: E402
+
+STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "postprocess")
+
+
+def run_stages(model, image):
+    """One inference split into stages; returns seconds per stage."""
+    times = {}
+    height, width = image.shape[-2:]
+    start = time.perf_counter()
+    images = model.preprocess_image([{"image": image}])
+    features = model.backbone(images.tensor)
+    times["backbone"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    head = model.sem_seg_head
+    mask_features, _, multi_scale = head.pixel_decoder.forward_features(features)
+    times["pixel_decoder"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    outputs = head.predictor(multi_scale, mask_features)
+    times["transformer_decoder"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    mask_pred = F.interpolate(outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear",
+                              align_corners=False)
+    model.inference_single(outputs["pred_logits"][0], mask_pred[0], images.image_sizes[0], height, width)
+    times["postprocess"] = time.perf_counter() - start
+    return times
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", default="configs/coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml")
+    parser.add_argument("--sizes", nargs="+", default=["512x640", "800x1216"], help="HxW")
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[])
+    args = parser.parse_args()
+
+    cfg = get_cfg()
+    add_maskformer2_config(cfg)
+    add_maskformer2_video_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"] + args.opts)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    test = cfg.MODEL.MASK_FORMER.TEST
+    print(f"config: {args.config_file} (random weights, CPU); semantic={test.SEMANTIC_ON} "
+          f"instance={test.INSTANCE_ON} panoptic={test.PANOPTIC_ON}; median of {args.repeats} runs")
+    header = f"{'size':>9s} {'threads':>7s} " + " ".join(f"{s:>20s}" for s in STAGES) + f" {'total':>9s}"
+    print(header)
+    for size in args.sizes:
+        h, w = (int(v) for v in size.lower().split("x"))
+        image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            runs = []
+            with torch.no_grad():
+                for i in range(args.repeats + 1):
+                    t = run_stages(model, image)
+                    if i:
+                        runs.append(t)
+            med = {s: sorted(r[s] for r in runs)[len(runs) // 2] for s in STAGES}
+            total = sum(med.values())
+            cells = " ".join(f"{med[s]:8.3f}s ({med[s] / total:5.1%})" for s in STAGES)
+            print(f"{size:>9s} {threads:7d} {cells} {total:8.3f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
