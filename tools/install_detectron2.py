@@ -11,7 +11,9 @@ Every patch names the file and the exact number of occurrences it expects, so a 
 loudly instead of half-patching. Mask2Former needs none of detectron2's compiled ops; the patched package
 raises a clear error only if one of them is actually called.
 
-Usage: python tools/install_detectron2.py [--force] [--workdir DIR]
+Usage: python tools/install_detectron2.py [--force] [--workdir DIR] [--wheel-dir DIR]
+
+With --wheel-dir, a pure-Python wheel is built into DIR instead of installing (for machines without network).
 """
 import argparse
 import hashlib
@@ -189,10 +191,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--force", action="store_true", help="reinstall even if detectron2 is importable")
     parser.add_argument("--workdir", default=None, help="where to keep the downloaded sdist (default: a temp dir)")
+    parser.add_argument("--wheel-dir", default=None, help="build a wheel into this folder instead of installing")
     args = parser.parse_args()
 
     version = installed_version()
-    if version and not args.force:
+    if version and not args.force and not args.wheel_dir:
         if version_ok(version):
             log(f"detectron2 {version} is already importable; nothing to do")
             return
@@ -206,6 +209,14 @@ def main():
         tar.extractall(build, filter="data")
     src = os.path.join(build, f"{PACKAGE}-{VERSION}")
     apply_patches(src)
+    if args.wheel_dir:
+        cmd = [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q", "-w",
+               args.wheel_dir, src]
+        if subprocess.run(cmd).returncode != 0:
+            fail("pip wheel", " ".join(cmd))
+        shutil.rmtree(build, ignore_errors=True)
+        log(f"wheel written to {args.wheel_dir}")
+        return
     log("installing with pip (pure Python, no compiled extension)")
     cmd = [sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-q", src]
     if subprocess.run(cmd).returncode != 0:
