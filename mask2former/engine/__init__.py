@@ -1,0 +1,18 @@
+"""Training and evaluation machinery shared by the image and video entry points."""
+from .launch import launch
+from .solver import WarmupPolyLR, build_lr_scheduler, build_optimizer, get_param_groups
+from .trainer import MaskFormerAMPTrainer, MaskFormerSimpleTrainer, MaskFormerTrainer, check_losses_finite
+from .tta import SemanticSegmentorWithTTA
+
+__all__ = [
+    "launch",
+    "WarmupPolyLR",
+    "build_lr_scheduler",
+    "build_optimizer",
+    "get_param_groups",
+    "MaskFormerAMPTrainer",
+    "MaskFormerSimpleTrainer",
+    "MaskFormerTrainer",
+    "check_losses_finite",
+    "SemanticSegmentorWithTTA",
+]

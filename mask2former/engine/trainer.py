@@ -1,0 +1,360 @@
+"""The trainer shared by the image and video entry points.
+
+``MaskFormerTrainer`` is a detectron2 ``DefaultTrainer`` with Mask2Former's optimizer, LR schedulers,
+dataset mappers and evaluators. Differences from detectron2 0.6's ``DefaultTrainer`` that matter:
+
+* the model is wrapped in ``DistributedDataParallel`` without ``device_ids`` when it lives on the CPU
+  (detectron2 0.6 always passes a GPU index, which DDP rejects for CPU modules);
+* ``SOLVER.AMP.ENABLED`` works on the CPU too (bfloat16 autocast, no gradient scaler); on CUDA it is
+  float16 autocast with a gradient scaler, as in detectron2;
+* a non-finite loss stops training with an error naming the non-finite terms and the iteration;
+* the inner trainer's state (optimizer, gradient scaler) is saved in checkpoints under "_trainer"
+  (detectron2 0.6 saves only the iteration and the hooks, so ``--resume`` lost the optimizer state).
+"""
+import importlib
+import logging
+import os
+import time
+import weakref
+from collections import OrderedDict
+from typing import Dict, Mapping, Optional
+
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import MetadataCatalog, build_detection_train_loader
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
+from detectron2.evaluation import (
+    CityscapesInstanceEvaluator,
+    CityscapesSemSegEvaluator,
+    COCOEvaluator,
+    COCOPanopticEvaluator,
+    DatasetEvaluators,
+    SemSegEvaluator,
+)
+from detectron2.evaluation.testing import flatten_results_dict
+from detectron2.utils import comm
+from detectron2.utils.events import EventStorage, JSONWriter, TensorboardXWriter
+from detectron2.utils.logger import setup_logger
+
+from .solver import build_lr_scheduler, build_optimizer
+from .tta import SemanticSegmentorWithTTA
+
+__all__ = [
+    "MaskFormerTrainer",
+    "MaskFormerSimpleTrainer",
+    "MaskFormerAMPTrainer",
+    "check_losses_finite",
+]
+
+logger = logging.getLogger(__name__)
+
+# Dataset evaluator types whose models produce panoptic, instance and semantic outputs.
+PANOPTIC_EVALUATOR_TYPES = ("coco_panoptic_seg", "ade20k_panoptic_seg", "mapillary_vistas_panoptic_seg")
+
+
+def check_losses_finite(loss_dict: Mapping[str, torch.Tensor], iteration: int) -> None:
+    """Raise ``FloatingPointError`` naming every loss term that is NaN or infinite."""
+    values = torch.stack([v.detach().float().sum() for v in loss_dict.values()]).cpu()
+    finite = torch.isfinite(values).tolist()
+    if all(finite):
+        return
+    bad = ", ".join(f"{k}={v:.4g}" for (k, v), ok in zip(zip(loss_dict, values.tolist()), finite) if not ok)
+    all_terms = ", ".join(f"{k}={v:.4g}" for k, v in zip(loss_dict, values.tolist()))
+    raise FloatingPointError(
+        f"Loss became infinite or NaN at iteration={iteration} (rank {comm.get_rank()}): "
+        f"non-finite terms: {bad}. All terms: {all_terms}"
+    )
+
+
+def _loss_dict_and_total(loss_dict, iteration: int):
+    if isinstance(loss_dict, torch.Tensor):
+        loss_dict = {"total_loss": loss_dict}
+    if not loss_dict:
+        raise ValueError("The model returned no losses in training mode")
+    check_losses_finite(loss_dict, iteration)
+    return loss_dict, sum(loss_dict.values())
+
+
+class MaskFormerSimpleTrainer(SimpleTrainer):
+    """detectron2's ``SimpleTrainer`` step that stops on non-finite losses before the backward pass."""
+
+    def run_step(self):
+        assert self.model.training, "[MaskFormerSimpleTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+
+        loss_dict, losses = _loss_dict_and_total(self.model(data), self.iter)
+        self.optimizer.zero_grad()
+        losses.backward()
+        self._write_metrics(loss_dict, data_time)
+        self.optimizer.step()
+
+
+class MaskFormerAMPTrainer(AMPTrainer):
+    """
+    Mixed precision on CUDA (float16 autocast + gradient scaler) and on the CPU (bfloat16 autocast,
+    no scaler: bfloat16 has float32's range). detectron2 0.6's ``AMPTrainer`` requires CUDA.
+    """
+
+    def __init__(self, model, data_loader, optimizer, device_type: str):
+        if device_type not in ("cuda", "cpu"):
+            raise ValueError(f"SOLVER.AMP.ENABLED supports MODEL.DEVICE cuda or cpu, got '{device_type}'")
+        use_scaler = device_type == "cuda"
+        if hasattr(torch.amp, "GradScaler"):
+            grad_scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        else:  # torch < 2.3
+            grad_scaler = torch.cuda.amp.GradScaler(enabled=use_scaler)
+        super().__init__(model, data_loader, optimizer, grad_scaler=grad_scaler)
+        self.device_type = device_type
+        self.amp_dtype = torch.float16 if device_type == "cuda" else torch.bfloat16
+
+    def run_step(self):
+        assert self.model.training, "[MaskFormerAMPTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+
+        with torch.autocast(device_type=self.device_type, dtype=self.amp_dtype):
+            loss_dict, losses = _loss_dict_and_total(self.model(data), self.iter)
+        self.optimizer.zero_grad()
+        self.grad_scaler.scale(losses).backward()
+        self._write_metrics(loss_dict, data_time)
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+
+
+class MaskFormerTrainer(DefaultTrainer):
+    """
+    Trainer of Mask2Former (image and video). Build it from a frozen config, then::
+
+        trainer = MaskFormerTrainer(cfg)
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+
+    Classmethods ``build_model / build_optimizer / build_lr_scheduler / build_train_loader /
+    build_test_loader / build_evaluator / test / test_with_TTA`` can be used without an instance.
+    """
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+
+        device_type = torch.device(cfg.MODEL.DEVICE).type
+        model = create_ddp_model(
+            model,
+            broadcast_buffers=False,
+            device_ids=[comm.get_local_rank()] if device_type == "cuda" else None,
+        )
+        if cfg.SOLVER.AMP.ENABLED:
+            self._trainer = MaskFormerAMPTrainer(model, data_loader, optimizer, device_type)
+        else:
+            self._trainer = MaskFormerSimpleTrainer(model, data_loader, optimizer)
+
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def train(self):
+        """Train; returns the results of the last evaluation (None if there was none)."""
+        results = super().train()
+        return results if results is not None else getattr(self, "_last_eval_results", None)
+
+    # ---------------------------------------------------------------- checkpointed state
+    # TrainerBase's methods are called directly: newer detectron2 DefaultTrainers do the same as these.
+    def state_dict(self):
+        ret = TrainerBase.state_dict(self)
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        TrainerBase.load_state_dict(self, state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        else:
+            logger.warning("The checkpoint has no optimizer state ('_trainer'); the optimizer starts afresh.")
+
+    # ---------------------------------------------------------------- weights
+    @classmethod
+    def check_weights(cls, cfg, resume: bool = False) -> None:
+        """
+        Before building the model: check that ``MODEL.WEIGHTS`` can be loaded, through
+        ``mask2former.utils.weights.check_weights_available`` when that module exists. Skipped when
+        no weights are set, or when resuming from a checkpoint in ``OUTPUT_DIR`` (which replaces them).
+        """
+        if not cfg.MODEL.WEIGHTS:
+            return
+        if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+            return
+        try:
+            weights = importlib.import_module("mask2former.utils.weights")
+        except ModuleNotFoundError as e:
+            if e.name != "mask2former.utils.weights":
+                raise  # the module exists but one of its own imports is missing
+            return
+        check = getattr(weights, "check_weights_available", None)
+        if check is not None:
+            check(cfg)
+
+    # ---------------------------------------------------------------- builders
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_train_mapper(cls, cfg):
+        """The training mapper named by ``INPUT.DATASET_MAPPER_NAME``."""
+        from mask2former.data.dataset_mappers import build_dataset_mapper
+
+        return build_dataset_mapper(cfg, is_train=True)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=cls.build_train_mapper(cfg))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name: str, output_folder: Optional[str] = None):
+        """
+        Evaluators chosen by the dataset's ``MetadataCatalog`` ``evaluator_type`` and by which outputs
+        the model produces (``MODEL.MASK_FORMER.TEST.{SEMANTIC,INSTANCE,PANOPTIC}_ON``).
+        Instance predictions are evaluated on masks only ("segm"): Mask2Former predicts no boxes of its own.
+        Results go to ``output_folder`` (default ``OUTPUT_DIR/inference``).
+        """
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+        test = cfg.MODEL.MASK_FORMER.TEST
+
+        if evaluator_type == "ytvis":
+            return cls.build_video_evaluator(cfg, dataset_name, output_folder)
+
+        evaluators = []
+        if evaluator_type == "sem_seg":
+            cls._require(test.SEMANTIC_ON, dataset_name, evaluator_type, "SEMANTIC_ON")
+            evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+        elif evaluator_type == "coco":
+            cls._require(test.INSTANCE_ON, dataset_name, evaluator_type, "INSTANCE_ON")
+            evaluators.append(COCOEvaluator(dataset_name, tasks=("segm",), distributed=True,
+                                            output_dir=output_folder))
+        elif evaluator_type in PANOPTIC_EVALUATOR_TYPES:
+            if test.PANOPTIC_ON:
+                evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
+            if test.INSTANCE_ON:
+                evaluators.append(COCOEvaluator(dataset_name, tasks=("segm",), distributed=True,
+                                                output_dir=output_folder))
+            if test.SEMANTIC_ON:
+                evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+        elif evaluator_type == "cityscapes_instance":
+            cls._require(test.INSTANCE_ON, dataset_name, evaluator_type, "INSTANCE_ON")
+            evaluators.append(CityscapesInstanceEvaluator(dataset_name))
+        elif evaluator_type == "cityscapes_sem_seg":
+            cls._require(test.SEMANTIC_ON, dataset_name, evaluator_type, "SEMANTIC_ON")
+            evaluators.append(CityscapesSemSegEvaluator(dataset_name))
+        elif evaluator_type == "cityscapes_panoptic_seg":
+            if test.PANOPTIC_ON:
+                evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
+            if test.INSTANCE_ON:
+                evaluators.append(CityscapesInstanceEvaluator(dataset_name))
+            if test.SEMANTIC_ON:
+                evaluators.append(CityscapesSemSegEvaluator(dataset_name))
+        else:
+            message = (
+                f"No evaluator for dataset '{dataset_name}': its metadata evaluator_type is "
+                f"{evaluator_type!r}; MaskFormerTrainer knows 'sem_seg', 'coco', 'ytvis', "
+                f"{', '.join(repr(t) for t in PANOPTIC_EVALUATOR_TYPES)}, 'cityscapes_instance', "
+                "'cityscapes_sem_seg' and 'cityscapes_panoptic_seg'."
+            )
+            logger.warning(message)
+            raise NotImplementedError(message)
+
+        if not evaluators:
+            raise ValueError(
+                f"Dataset '{dataset_name}' (evaluator_type '{evaluator_type}') needs at least one of "
+                "MODEL.MASK_FORMER.TEST.PANOPTIC_ON / INSTANCE_ON / SEMANTIC_ON to be True"
+            )
+        return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
+
+    @staticmethod
+    def _require(flag: bool, dataset_name: str, evaluator_type: str, key: str) -> None:
+        if not flag:
+            raise ValueError(
+                f"Dataset '{dataset_name}' is evaluated as '{evaluator_type}', which needs "
+                f"MODEL.MASK_FORMER.TEST.{key} True"
+            )
+
+    @classmethod
+    def build_video_evaluator(cls, cfg, dataset_name: str, output_folder: str):
+        """Evaluator of "ytvis" datasets: ``mask2former.evaluation.YTVISEvaluator``."""
+        try:
+            from mask2former.evaluation import YTVISEvaluator
+        except ImportError as e:
+            raise NotImplementedError(
+                f"Dataset '{dataset_name}' has evaluator_type 'ytvis', which needs "
+                "mask2former.evaluation.YTVISEvaluator (video instance segmentation AP); "
+                f"it could not be imported: {e}"
+            ) from e
+        return YTVISEvaluator(dataset_name, output_dir=output_folder)
+
+    # ---------------------------------------------------------------- hooks and evaluation
+    def build_hooks(self):
+        ret = super().build_hooks()
+        if self.cfg.TEST.AUG.ENABLED:
+            # after training, evaluate with TTA; before the writer so that its results are written
+            tta_hook = hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, self.model))
+            writer_index = next(
+                (i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter)), len(ret)
+            )
+            ret.insert(writer_index, tta_hook)
+        return ret
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        """
+        Evaluate ``model`` with semantic test-time augmentation (``TEST.AUG``) on the semantic
+        evaluators of ``DATASETS.TEST``; result keys get a "_TTA" suffix.
+        """
+        logging.getLogger("mask2former").info("Running inference with test-time augmentation ...")
+        tta_model = SemanticSegmentorWithTTA(cfg, model)
+        semantic_cfg = cfg.clone()  # the TTA model outputs sem_seg only
+        semantic_cfg.defrost()
+        semantic_cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = True
+        semantic_cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False
+        semantic_cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False
+        semantic_cfg.freeze()
+        evaluators = [
+            cls.build_evaluator(semantic_cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA"))
+            for name in cfg.DATASETS.TEST
+        ]
+        results = cls.test(cfg, tta_model, evaluators)
+        return OrderedDict((k + "_TTA", v) for k, v in results.items())
+
+    @staticmethod
+    def write_results(cfg, results: Dict, iteration: int = 0) -> None:
+        """
+        Write evaluation results (as returned by ``test``) to ``OUTPUT_DIR/metrics.json`` and
+        TensorBoard, the files that training writes to. Main process only.
+        """
+        if not comm.is_main_process() or not results:
+            return
+        writers = [JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json")), TensorboardXWriter(cfg.OUTPUT_DIR)]
+        with EventStorage(iteration) as storage:
+            flat = flatten_results_dict(results)
+            storage.put_scalars(**{k: float(v) for k, v in flat.items()}, smoothing_hint=False)
+            for writer in writers:
+                writer.write()
+        for writer in writers:
+            writer.close()
