@@ -1,0 +1,1 @@
+"""The demo: ``python demo/demo.py --help``."""
