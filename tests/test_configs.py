@@ -324,7 +324,10 @@ def test_shapes_world_config(path):
     assert cfg.MODEL.BACKBONE.FREEZE_AT == 0 and cfg.SOLVER.BACKBONE_MULTIPLIER == 1.0
     assert (cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.RES2_OUT_CHANNELS) == (18, 64)
     assert cfg.MODEL.RESNETS.NORM in ("BN", "GN", "SyncBN")
-    assert tuple(cfg.INPUT.CROP.SIZE) == (320, 320) and cfg.INPUT.MIN_SIZE_TEST == 320
+    # Square training crops padded to exactly the crop size, so every batch has one shape.
+    crop_h, crop_w = cfg.INPUT.CROP.SIZE
+    assert cfg.INPUT.CROP.ENABLED and cfg.INPUT.CROP.TYPE == "absolute" and crop_h == crop_w
+    assert cfg.INPUT.SIZE_DIVISIBILITY == crop_h and crop_h % 32 == 0
 
 
 @pytest.mark.parametrize("path", SHAPES_WORLD)
