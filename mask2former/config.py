@@ -45,6 +45,9 @@ def add_maskformer2_config(cfg):
     cfg.INPUT.IMAGE_SIZE = 1024
     cfg.INPUT.MIN_SCALE = 0.1
     cfg.INPUT.MAX_SCALE = 2.0
+    # Ours: skip dataset items that cannot be read (missing/corrupt image, invalid polygon or RLE, unknown
+    # category id, size mismatch) with a counted warning instead of stopping training.
+    cfg.DATALOADER.SKIP_BAD_ITEMS = False
 
     # solver
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
@@ -121,3 +124,12 @@ def add_maskformer2_video_config(cfg):
     cfg.INPUT.SAMPLING_FRAME_RANGE = 20
     cfg.INPUT.SAMPLING_FRAME_SHUFFLE = False
     cfg.INPUT.AUGMENTATIONS = []  # "brightness", "contrast", "saturation", "rotation"
+
+    # Ours (not in the official code), added by the video task:
+    # - instances kept per video (the official code hard-codes 10);
+    cfg.MODEL.MASK_FORMER.TEST.DETECTIONS_PER_VIDEO = 10
+    # - videos longer than CLIP_LENGTH frames are segmented in clips of CLIP_LENGTH frames overlapping by
+    #   CLIP_OVERLAP frames, whose instances are associated by mask IoU on the shared frames, so that memory
+    #   is bounded by the clip length (0: the whole video in one pass, as the official code does).
+    cfg.MODEL.MASK_FORMER.TEST.CLIP_LENGTH = 0
+    cfg.MODEL.MASK_FORMER.TEST.CLIP_OVERLAP = 2

@@ -9,3 +9,4 @@ from .datasets import register_coco_stuff_10k  # noqa: F401
 from .datasets import register_mapillary_vistas  # noqa: F401
 from .datasets import register_mapillary_vistas_panoptic  # noqa: F401
 from . import dataset_mappers  # noqa: F401
+from .datasets import register_ytvis  # noqa: F401  (YouTube-VIS, OVIS, shapes world videos; the "ytvis" mapper)

@@ -22,7 +22,7 @@ from typing import Dict, Mapping, Optional
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import MetadataCatalog, build_detection_train_loader
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
@@ -215,16 +215,36 @@ class MaskFormerTrainer(DefaultTrainer):
     def build_lr_scheduler(cls, cfg, optimizer):
         return build_lr_scheduler(cfg, optimizer)
 
+    @staticmethod
+    def _is_video_dataset(dataset_name: str) -> bool:
+        return MetadataCatalog.get(dataset_name).get("evaluator_type", None) == "ytvis"
+
     @classmethod
     def build_train_mapper(cls, cfg):
-        """The training mapper named by ``INPUT.DATASET_MAPPER_NAME``."""
-        from mask2former.data.dataset_mappers import build_dataset_mapper
+        """The training mapper named by ``INPUT.DATASET_MAPPER_NAME``; the clip mapper for video datasets.
 
+        Video datasets (evaluator_type "ytvis") always use the "ytvis" clip mapper, as the official video
+        entry point does, so the official video configs (which do not set the mapper name) work unchanged.
+        """
+        from mask2former.data.dataset_mappers import MAPPER_REGISTRY, build_dataset_mapper
+
+        if cfg.DATASETS.TRAIN and cls._is_video_dataset(cfg.DATASETS.TRAIN[0]):
+            return MAPPER_REGISTRY.get("ytvis")(cfg, is_train=True)
         return build_dataset_mapper(cfg, is_train=True)
 
     @classmethod
     def build_train_loader(cls, cfg):
         return build_detection_train_loader(cfg, mapper=cls.build_train_mapper(cfg))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """detectron2's test loader; video datasets read whole videos with the clip mapper (test mode)."""
+        mapper = None
+        if cls._is_video_dataset(dataset_name):
+            from mask2former.data.dataset_mappers import MAPPER_REGISTRY
+
+            mapper = MAPPER_REGISTRY.get("ytvis")(cfg, is_train=False)
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str, output_folder: Optional[str] = None):
@@ -299,14 +319,8 @@ class MaskFormerTrainer(DefaultTrainer):
     @classmethod
     def build_video_evaluator(cls, cfg, dataset_name: str, output_folder: str):
         """Evaluator of "ytvis" datasets: ``mask2former.evaluation.YTVISEvaluator``."""
-        try:
-            from mask2former.evaluation import YTVISEvaluator
-        except ImportError as e:
-            raise NotImplementedError(
-                f"Dataset '{dataset_name}' has evaluator_type 'ytvis', which needs "
-                "mask2former.evaluation.YTVISEvaluator (video instance segmentation AP); "
-                f"it could not be imported: {e}"
-            ) from e
+        from mask2former.evaluation import YTVISEvaluator
+
         return YTVISEvaluator(dataset_name, output_dir=output_folder)
 
     # ---------------------------------------------------------------- hooks and evaluation

@@ -5,3 +5,4 @@ from .pixel_decoder.msdeformattn import MSDeformAttnPixelDecoder  # noqa: F401
 from .meta_arch.mask_former_head import MaskFormerHead  # noqa: F401
 from .transformer_decoder.mask2former_transformer_decoder import MultiScaleMaskedTransformerDecoder  # noqa: F401
 from .meta_arch.mask_former import MaskFormer  # noqa: F401
+from .meta_arch.video_mask_former import VideoMaskFormer  # noqa: F401  (video: meta-arch + decoder)

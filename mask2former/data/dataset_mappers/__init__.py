@@ -6,6 +6,7 @@ Dataset mappers, chosen by ``INPUT.DATASET_MAPPER_NAME`` through :func:`build_da
     mask_former_panoptic   MaskFormerPanopticDatasetMapper   (COCO-format panoptic PNGs)
     coco_instance_lsj      COCOInstanceLSJDatasetMapper      (instances, large-scale jitter)
     coco_panoptic_lsj      COCOPanopticLSJDatasetMapper      (panoptic, large-scale jitter)
+    ytvis                  YTVISDatasetMapper                (video clips, YouTube-VIS format)
 
 Bad dataset items raise :class:`BadDatasetItemError`, or are skipped with ``DATALOADER.SKIP_BAD_ITEMS``
 (see ``checks``).
@@ -16,6 +17,7 @@ from .augmentation import ColorAugSSD, ColorAugSSDTransform, PhotometricTransfor
 from .mask_former_semantic_dataset_mapper import MaskFormerSemanticDatasetMapper
 from .mask_former_instance_dataset_mapper import MaskFormerInstanceDatasetMapper
 from .mask_former_panoptic_dataset_mapper import MaskFormerPanopticDatasetMapper
+from .ytvis_dataset_mapper import YTVISDatasetMapper
 from .coco_instance_lsj_dataset_mapper import COCOInstanceLSJDatasetMapper
 from .coco_panoptic_lsj_dataset_mapper import COCOPanopticLSJDatasetMapper
 
@@ -34,4 +36,5 @@ __all__ = [
     "MaskFormerPanopticDatasetMapper",
     "COCOInstanceLSJDatasetMapper",
     "COCOPanopticLSJDatasetMapper",
+    "YTVISDatasetMapper",
 ]

@@ -217,6 +217,17 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             pos.append(self.pe_layer(x[i]).flatten(2).permute(2, 0, 1))  # (HW, N, C)
             feat = self.input_proj[i](x[i]).flatten(2) + self.level_embed.weight[i][None, :, None]
             src.append(feat.permute(2, 0, 1))
+        return self.decode(src, pos, sizes, mask_features)
+
+    def decode(self, src, pos, sizes, mask_features):
+        """The query refinement loop over prepared memory (shared by the image and video decoders).
+
+        Args:
+            src, pos: per feature level, memory and its positional encoding (L, N, C) (L = h * w, or
+                T * h * w for video clips).
+            sizes: per level, the (h, w) the attention masks are resized to.
+            mask_features: per-pixel embeddings that ``forward_prediction_heads`` expects.
+        """
         bs = src[0].shape[1]
         query_pos = self.query_embed.weight.unsqueeze(1).repeat(1, bs, 1)  # (Q, N, C)
         output = self.query_feat.weight.unsqueeze(1).repeat(1, bs, 1)
