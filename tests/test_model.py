@@ -183,3 +183,24 @@ def test_training_reduces_loss_and_amp_bf16_runs():
         losses = model(copy.deepcopy(batch))
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
+
+
+def test_base_pixel_decoder_trains_and_infers():
+    """The plain FPN pixel decoder (BasePixelDecoder) as a drop-in replacement for the deformable one."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(**{"MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME": "BasePixelDecoder"}))
+    decoder = model.sem_seg_head.pixel_decoder
+    assert type(decoder).__name__ == "BasePixelDecoder"
+    assert not any(k.startswith("sem_seg_head.pixel_decoder.transformer") for k in model.state_dict())
+    losses = model.train()(_batch())
+    assert len(losses) == 12 and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    image = torch.randint(0, 255, (3, 50, 70), dtype=torch.uint8)
+    with torch.no_grad():
+        features = model.backbone(((image.float() - model.pixel_mean) / model.pixel_std)[None, :, :48, :64])
+        mask_features, encoder_features, multi_scale = decoder.forward_features(features)
+        out = model.eval()([{"image": image}])[0]
+    assert encoder_features is None
+    assert mask_features.shape == (1, 32, 12, 16)
+    assert [tuple(f.shape[-2:]) for f in multi_scale] == [(2, 2), (3, 4), (6, 8)]  # coarsest first
+    assert out["sem_seg"].shape == (5, 50, 70)

@@ -27,8 +27,9 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances
-from fvcore.transforms.transform import NoOpTransform, Transform
+from fvcore.transforms.transform import Transform
 
+from .augmentation import PhotometricTransform
 from .build import MAPPER_REGISTRY
 from .checks import BadDatasetItemError, check_category_id, decode_segmentation, read_image
 from .mask_former_instance_dataset_mapper import render_instance_masks
@@ -40,7 +41,7 @@ __all__ = ["YTVISDatasetMapper", "build_clip_augmentations", "FrameBlendTransfor
 AUGMENTATION_NAMES = ("brightness", "contrast", "saturation", "rotation")
 
 
-class FrameBlendTransform(Transform):
+class FrameBlendTransform(PhotometricTransform):
     """``weight * frame + (1 - weight) * reference`` where the reference is computed from the frame itself:
     its mean ("contrast") or its grey image ("saturation"). Geometry is unchanged."""
 
@@ -61,15 +62,6 @@ class FrameBlendTransform(Transform):
             reference = (x[..., :3] @ luma)[..., None]
         out = self.weight * x + (1.0 - self.weight) * reference
         return np.clip(out, 0, 255).astype(img.dtype) if img.dtype == np.uint8 else out
-
-    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
-        return coords
-
-    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
-        return segmentation
-
-    def inverse(self) -> Transform:
-        return NoOpTransform()
 
 
 class RandomFrameBlend(T.Augmentation):

@@ -564,7 +564,7 @@ def shapes_world_paths(folder, split: str) -> Dict[str, str]:
     }
 
 
-def validate_params(num_train, num_val, seed, min_size, max_size) -> dict:
+def validate_params(num_train, num_val, seed, min_size, max_size, min_image_size=MIN_IMAGE_SIZE) -> dict:
     """Check generator arguments; errors name the CLI flag. Returns the parameters recorded in COMPLETE.json."""
 
     def check_int(value, flag, lowest):
@@ -576,8 +576,8 @@ def validate_params(num_train, num_val, seed, min_size, max_size) -> dict:
         "num_train": check_int(num_train, "--num-train (num_train)", 1),
         "num_val": check_int(num_val, "--num-val (num_val)", 1),
         "seed": check_int(seed, "--seed (seed)", 0),
-        "min_size": check_int(min_size, "--min-size (min_size)", MIN_IMAGE_SIZE),
-        "max_size": check_int(max_size, "--max-size (max_size)", MIN_IMAGE_SIZE),
+        "min_size": check_int(min_size, "--min-size (min_size)", min_image_size),
+        "max_size": check_int(max_size, "--max-size (max_size)", min_image_size),
     }
     if params["min_size"] > params["max_size"]:
         raise ValueError(

@@ -48,6 +48,7 @@ from .shapes_world import (
     shapes_world_categories,
     stuff_background,
 )
+from .shapes_world import validate_params as validate_image_params
 
 __all__ = [
     "DEFAULT_PARAMS",
@@ -84,27 +85,18 @@ def shapes_world_video_paths(folder, split: str) -> Dict[str, str]:
 
 
 def validate_params(num_train, num_val, seed, min_size, max_size, min_frames, max_frames) -> dict:
-    """Check generator arguments; errors name the CLI flag. Returns the parameters recorded in COMPLETE.json."""
+    """Check generator arguments; errors name the CLI flag. Returns the parameters recorded in COMPLETE.json.
 
-    def check_int(value, flag, lowest):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lowest:
-            raise ValueError(f"{flag} must be an integer >= {lowest}, got {value!r}")
-        return int(value)
-
-    params = {
-        "num_train": check_int(num_train, "--num-train (num_train)", 1),
-        "num_val": check_int(num_val, "--num-val (num_val)", 1),
-        "seed": check_int(seed, "--seed (seed)", 0),
-        "min_size": check_int(min_size, "--min-size (min_size)", MIN_IMAGE_SIZE),
-        "max_size": check_int(max_size, "--max-size (max_size)", MIN_IMAGE_SIZE),
-        "min_frames": check_int(min_frames, "--min-frames (min_frames)", 2),
-        "max_frames": check_int(max_frames, "--max-frames (max_frames)", 2),
-    }
-    for lo, hi in (("min_size", "max_size"), ("min_frames", "max_frames")):
-        if params[lo] > params[hi]:
-            raise ValueError(f"--{lo.replace('_', '-')} ({lo}) {params[lo]} must not exceed "
-                             f"--{hi.replace('_', '-')} ({hi}) {params[hi]}")
-    params["version"] = GENERATOR_VERSION
+    The image generator's checks cover the shared arguments; the frame counts are checked here.
+    """
+    params = validate_image_params(num_train, num_val, seed, min_size, max_size, min_image_size=MIN_IMAGE_SIZE)
+    for flag in ("min_frames", "max_frames"):
+        value = locals()[flag]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
+            raise ValueError(f"--{flag.replace('_', '-')} ({flag}) must be an integer >= 2, got {value!r}")
+    if min_frames > max_frames:
+        raise ValueError(f"--min-frames (min_frames) {min_frames} must not exceed --max-frames (max_frames) {max_frames}")
+    params.update(min_frames=int(min_frames), max_frames=int(max_frames), version=GENERATOR_VERSION)
     return params
 
 
