@@ -23,6 +23,7 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # runnable from a checkout without installing the package
 CONFIG = os.path.join(REPO, "configs", "shapes_world", "video_maskformer2_R18_instance.yaml")
 TINY = [
     "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32", "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
