@@ -48,6 +48,7 @@ from .shapes_world import (
     shapes_world_categories,
     stuff_background,
 )
+from .shapes_world import _file_sizes
 from .shapes_world import validate_params as validate_image_params
 
 __all__ = [
@@ -245,15 +246,6 @@ def _write_split(folder: Path, split: str, params: dict) -> None:
     }
     with open(paths["json_file"], "w") as f:
         json.dump(data, f, separators=(",", ":"))
-
-
-def _file_sizes(folder: Path) -> Dict[str, int]:
-    sizes = {}
-    for dirpath, _, filenames in os.walk(folder):
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            sizes[os.path.relpath(path, folder).replace(os.sep, "/")] = os.path.getsize(path)
-    return dict(sorted(sizes.items()))
 
 
 def _is_complete(folder: Path, params: dict) -> bool:
