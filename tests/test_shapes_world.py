@@ -30,6 +30,7 @@ from mask2former.data.datasets.shapes_world import (
     render_shape,
     sample_shapes,
     shape_area,
+    shape_polygons,
     shapes_world_paths,
     stuff_background,
 )
@@ -307,6 +308,31 @@ def test_shape_and_texture_building_blocks():
     assert (labels == -1).any() and len(np.unique(labels[labels >= 0])) >= 2
     with pytest.raises(ValueError, match="shape kind"):
         render_shape("blob", (1.0, 1.0), 8.0, 0.0, h, w)
+
+
+def _segments_cross(p1, p2, q1, q2):
+    def side(a, b, c):
+        return np.sign((b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0]))
+
+    return side(p1, p2, q1) * side(p1, p2, q2) < 0 and side(q1, q2, p1) * side(q1, q2, p2) < 0
+
+
+def test_outlines_are_simple_and_the_cross_has_arms():
+    for kind in SHAPE_KINDS:
+        outer, holes = shape_polygons(kind, (0.0, 0.0), 60.0, 0.7)
+        for poly in outer + holes:
+            edges = [(poly[i], poly[(i + 1) % len(poly)]) for i in range(len(poly))]
+            for i in range(len(edges)):
+                for j in range(i + 2, len(edges)):
+                    if i == 0 and j == len(edges) - 1:
+                        continue  # neighbours through the closing vertex
+                    assert not _segments_cross(*edges[i], *edges[j]), f"{kind}: edges {i} and {j} cross"
+    # a plus sign: four arm tips inside, the four corners between the arms outside
+    cross = render_shape("cross", (48.0, 48.0), 60.0, 0.0, 96, 96)
+    for dy, dx in ((0, 27), (27, 0), (0, -27), (-27, 0)):
+        assert cross[48 + dy, 48 + dx], (dy, dx)
+    for dy, dx in ((15, 15), (15, -15), (-15, 15), (-15, -15)):
+        assert not cross[48 + dy, 48 + dx], (dy, dx)
 
 
 def test_colour_does_not_identify_the_class():

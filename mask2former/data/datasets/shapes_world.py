@@ -82,7 +82,9 @@ __all__ = [
 ]
 
 METADATA_FILE = Path(__file__).resolve().parent / "metadata" / "shapes_world.json"
-GENERATOR_VERSION = 1  # bump whenever a change makes a given seed produce different files
+# bump whenever a change makes a given seed produce different files. 2: crosses were drawn as their central
+# square (a self-intersecting outline), which made them look like squares
+GENERATOR_VERSION = 2
 IGNORE_LABEL = 255
 LABEL_DIVISOR = 1000  # panoptic segment id = dataset category id * LABEL_DIVISOR + instance number
 SPLITS = ("train", "val")
@@ -196,10 +198,12 @@ def _local_polygons(kind: str, r: float) -> Tuple[List[np.ndarray], List[np.ndar
         return [pts], []
     if kind == "cross":
         a, b = CROSS_ARM_RATIO, 1.0
-        quarter = [(a, b), (a, a), (b, a)]  # one arm tip and the inner corner, turned 4 times
+        # the edge of the upper arm's right side, the inner corner and the right arm's upper side; turned
+        # clockwise 4 times, so consecutive quarters join into one simple (not self-intersecting) outline
+        quarter = [(a, b), (a, a), (b, a)]
         pts = []
         for k in range(4):
-            c, s = math.cos(k * np.pi / 2), math.sin(k * np.pi / 2)
+            c, s = math.cos(-k * np.pi / 2), math.sin(-k * np.pi / 2)
             pts += [(x * c - y * s, x * s + y * c) for x, y in quarter]
         return [r * np.asarray(pts)], []
     raise ValueError(f"shape kind must be one of {SHAPE_KINDS}, got {kind!r}")
