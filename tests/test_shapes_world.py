@@ -105,6 +105,9 @@ def test_deterministic(tmp_path):
         assert c[name] == a[name]
     d = _files(ensure_shapes_world(tmp_path / "d", **dict(small, seed=6)))
     assert d["images/train/train_000000.jpg"] != a["images/train/train_000000.jpg"]
+    # several processes draw the same files (annotation ids included) as one
+    e = _files(ensure_shapes_world(tmp_path / "e", **dict(small, workers=2)))
+    assert e == a
 
 
 def _instance_masks(record):
@@ -223,6 +226,7 @@ def test_evaluators_score_ground_truth_100(registered, tmp_path):
         (["--min-size", "200", "--max-size", "100"], "--min-size"),
         (["--min-size", "16", "--max-size", "32"], "--min-size"),
         (["--num-train", "two"], "--num-train"),
+        (["--workers", "0"], "--workers"),
     ],
 )
 def test_cli_rejects_bad_arguments(tmp_path, capsys, args, flag):
@@ -243,6 +247,8 @@ def test_cli_output_file_and_library_errors(tmp_path, capsys):
         ensure_shapes_world(a_file, num_train=1, num_val=1)
     with pytest.raises(ValueError, match="--num-val"):
         ensure_shapes_world(tmp_path / "x", num_train=1, num_val=-1)
+    with pytest.raises(ValueError, match="--workers"):
+        ensure_shapes_world(tmp_path / "x", num_train=1, num_val=1, workers=0)
 
 
 def test_cli_writes_and_logs(tmp_path, caplog):

@@ -39,6 +39,7 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import shutil
 import time
@@ -597,55 +598,70 @@ def _write_png(path: str, array: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
-def _write_split(folder: Path, split: str, params: dict, progress: tqdm) -> None:
+def _write_image(folder: Path, split: str, params: dict, i: int) -> Tuple[dict, List[dict], dict]:
+    """Generate image ``i`` of ``split`` and write its JPEG and PNGs. Returns its COCO image entry, its
+    instance annotations (without ids: those are numbered over the split) and its panoptic annotation."""
+    paths = shapes_world_paths(folder, split)
+    rng = np.random.default_rng([params["seed"], SPLITS.index(split), i])
+    height, width = (int(v) for v in rng.integers(params["min_size"], params["max_size"] + 1, size=2))
+    sample = generate_image(rng, height, width)
+    stem, image_id = f"{split}_{i:06d}", i + 1
+    if not cv2.imwrite(
+        os.path.join(paths["image_root"], stem + ".jpg"),
+        sample["image"][:, :, ::-1],
+        [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY],
+    ):
+        raise OSError(f"could not write {stem}.jpg into {paths['image_root']}")
+    pan = sample["panoptic"]
+    bgr = np.stack([pan // 256**2, (pan // 256) % 256, pan % 256], axis=-1).astype(np.uint8)
+    _write_png(os.path.join(paths["panoptic_root"], stem + ".png"), bgr)
+    _write_png(os.path.join(paths["sem_seg_root"], stem + ".png"), sample["semantic"])
+
+    image = {"id": image_id, "file_name": stem + ".jpg", "height": height, "width": width}
+    segments_info, instance_anns = [], []
+    for seg in sample["segments"]:
+        rle = mask_util.encode(np.asfortranarray(seg["mask"].astype(np.uint8)))
+        box = [float(v) for v in mask_util.toBbox(rle)]
+        area = int(seg["mask"].sum())
+        segments_info.append({"id": seg["id"], "category_id": seg["category_id"], "iscrowd": 0, "area": area, "bbox": box})
+        if not seg["isthing"]:
+            continue
+        if seg["polygon"] is not None:
+            segmentation = [[float(v) for v in seg["polygon"].ravel()]]
+        else:
+            segmentation = {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+        instance_anns.append(
+            {
+                "image_id": image_id,
+                "category_id": seg["category_id"],
+                "segmentation": segmentation,
+                "area": area,
+                "bbox": box,
+                "iscrowd": 0,
+            }
+        )
+    panoptic_ann = {"image_id": image_id, "file_name": stem + ".png", "segments_info": segments_info}
+    return image, instance_anns, panoptic_ann
+
+
+def _write_image_job(job: Tuple[Path, str, dict, int]) -> Tuple[dict, List[dict], dict]:
+    return _write_image(*job)
+
+
+def _write_split(folder: Path, split: str, params: dict, progress: tqdm, pool=None) -> None:
+    """Write every image of ``split`` (in a process pool if given: the files do not depend on it) and then
+    the split's COCO instance and panoptic JSON files."""
     paths = shapes_world_paths(folder, split)
     for key in ("image_root", "panoptic_root", "sem_seg_root"):
         os.makedirs(paths[key], exist_ok=True)
     cats = _read_metadata()["categories"]
+    jobs = [(folder, split, params, i) for i in range(params[f"num_{split}"])]
+    results = pool.imap(_write_image_job, jobs, chunksize=8) if pool is not None else map(_write_image_job, jobs)
     images, instance_anns, panoptic_anns = [], [], []
-    for i in range(params[f"num_{split}"]):
-        rng = np.random.default_rng([params["seed"], SPLITS.index(split), i])
-        height, width = (int(v) for v in rng.integers(params["min_size"], params["max_size"] + 1, size=2))
-        sample = generate_image(rng, height, width)
-        stem, image_id = f"{split}_{i:06d}", i + 1
-        if not cv2.imwrite(
-            os.path.join(paths["image_root"], stem + ".jpg"),
-            sample["image"][:, :, ::-1],
-            [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY],
-        ):
-            raise OSError(f"could not write {stem}.jpg into {paths['image_root']}")
-        pan = sample["panoptic"]
-        bgr = np.stack([pan // 256**2, (pan // 256) % 256, pan % 256], axis=-1).astype(np.uint8)
-        _write_png(os.path.join(paths["panoptic_root"], stem + ".png"), bgr)
-        _write_png(os.path.join(paths["sem_seg_root"], stem + ".png"), sample["semantic"])
-
-        images.append({"id": image_id, "file_name": stem + ".jpg", "height": height, "width": width})
-        segments_info = []
-        for seg in sample["segments"]:
-            rle = mask_util.encode(np.asfortranarray(seg["mask"].astype(np.uint8)))
-            box = [float(v) for v in mask_util.toBbox(rle)]
-            area = int(seg["mask"].sum())
-            segments_info.append(
-                {"id": seg["id"], "category_id": seg["category_id"], "iscrowd": 0, "area": area, "bbox": box}
-            )
-            if not seg["isthing"]:
-                continue
-            if seg["polygon"] is not None:
-                segmentation = [[float(v) for v in seg["polygon"].ravel()]]
-            else:
-                segmentation = {"size": [height, width], "counts": rle["counts"].decode("ascii")}
-            instance_anns.append(
-                {
-                    "id": len(instance_anns) + 1,
-                    "image_id": image_id,
-                    "category_id": seg["category_id"],
-                    "segmentation": segmentation,
-                    "area": area,
-                    "bbox": box,
-                    "iscrowd": 0,
-                }
-            )
-        panoptic_anns.append({"image_id": image_id, "file_name": stem + ".png", "segments_info": segments_info})
+    for image, anns, panoptic_ann in results:  # in image order, whichever process made them
+        images.append(image)
+        instance_anns += [{"id": len(instance_anns) + k + 1, **ann} for k, ann in enumerate(anns)]
+        panoptic_anns.append(panoptic_ann)
         progress.update(1)
 
     info = {"description": "shapes world (generated)", "version": GENERATOR_VERSION, "seed": params["seed"]}
@@ -687,12 +703,19 @@ def _file_sizes(folder: Path) -> Dict[str, int]:
     return dict(sorted(sizes.items()))
 
 
-def _generate_into(folder: Path, params: dict, show_progress: bool) -> None:
+def _generate_into(folder: Path, params: dict, show_progress: bool, workers: int = 1) -> None:
     folder.mkdir(parents=True)
     total = params["num_train"] + params["num_val"]
-    with tqdm(total=total, desc="shapes world", unit="img", disable=not show_progress) as progress:
-        for split in SPLITS:
-            _write_split(folder, split, params, progress)
+    workers = max(1, min(int(workers), total))
+    # "spawn": the caller may be a training process with threads (torch), which forking can deadlock
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    try:
+        with tqdm(total=total, desc="shapes world", unit="img", disable=not show_progress) as progress:
+            for split in SPLITS:
+                _write_split(folder, split, params, progress, pool)
+    finally:
+        if pool is not None:
+            pool.terminate()
     marker = {"generator": "shapes_world", "params": params, "files": _file_sizes(folder)}
     with open(folder / MARKER_FILE, "w") as f:
         json.dump(marker, f, indent=1)
@@ -758,9 +781,12 @@ def ensure_shapes_world(
     min_size: int = DEFAULT_PARAMS["min_size"],
     max_size: int = DEFAULT_PARAMS["max_size"],
     show_progress: bool = True,
+    workers: Optional[int] = None,
 ) -> Path:
     """
     Make `folder` hold a complete shapes world set with these parameters and return it as a Path.
+    ``workers`` processes draw the images (default: one per CPU core, at most one per 200 images, since
+    starting a process costs about as much as drawing 50 images); the files do not depend on it.
 
     A complete folder with the same parameters is reused. A folder without a valid marker or with missing or
     truncated files is regenerated (only if it holds nothing but the generator's own entries). A folder made
@@ -768,6 +794,8 @@ def ensure_shapes_world(
     temporary sibling folder that is renamed into place, so concurrent callers (e.g. one per GPU) are safe.
     """
     params = validate_params(num_train, num_val, seed, min_size, max_size)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers (CLI --workers) must be an integer >= 1 or None, got {workers!r}")
     folder = Path(folder)
     state, reason = _folder_state(folder, params)
     if state == "complete":
@@ -778,7 +806,9 @@ def ensure_shapes_world(
     tmp = folder.parent / f".{folder.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     start = time.perf_counter()
     try:
-        _generate_into(tmp, params, show_progress)
+        if workers is None:
+            workers = min(os.cpu_count() or 1, max(1, (params["num_train"] + params["num_val"]) // 200))
+        _generate_into(tmp, params, show_progress, workers)
         state, _ = _folder_state(folder, params)  # another process may have finished meanwhile
         if state == "complete":
             return folder
@@ -821,8 +851,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     parser.add_argument(
         "--max-size", type=int, default=DEFAULT_PARAMS["max_size"], help="largest image height/width in px"
     )
+    parser.add_argument(
+        "--workers", type=int, default=None,
+        help="processes drawing images (default: one per CPU core, at most one per 200 images)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         parser.error(f"--output {args.output} is a file, expected a directory or a new path")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -834,7 +870,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     except ValueError as e:
         parser.error(str(e))
     existed = _folder_state(Path(args.output), recorded)[0] == "complete"
-    folder = ensure_shapes_world(args.output, show_progress=not args.no_progress, **params)
+    folder = ensure_shapes_world(args.output, show_progress=not args.no_progress, workers=args.workers, **params)
     if existed:
         logger.info(f"Shapes world: {folder} is already complete with these parameters; nothing written.")
     return folder
