@@ -31,7 +31,7 @@ Building blocks meant for reuse (e.g. by a video generator): :func:`shape_polygo
 :func:`paint_shape`, :func:`degrade`. Scene assembly is :func:`generate_image`; files are written by
 :func:`ensure_shapes_world`, which is also the command line::
 
-    python -m mask2former.data.datasets.shapes_world --output datasets/shapes_world --num-train 300 --num-val 50
+    python -m mask2former.data.datasets.shapes_world --output datasets/shapes_world --num-train 3000 --num-val 50
 """
 import argparse
 import copy
@@ -91,7 +91,7 @@ LABEL_DIVISOR = 1000  # panoptic segment id = dataset category id * LABEL_DIVISO
 SPLITS = ("train", "val")
 MARKER_FILE = "COMPLETE.json"
 LAYOUT_ENTRIES = ("images", "panoptic", "semantic", "annotations", MARKER_FILE)
-DEFAULT_PARAMS = {"num_train": 300, "num_val": 50, "seed": 0, "min_size": 256, "max_size": 384}
+DEFAULT_PARAMS = {"num_train": 3000, "num_val": 50, "seed": 0, "min_size": 256, "max_size": 384}
 MIN_IMAGE_SIZE = 64
 JPEG_QUALITY = 95
 
