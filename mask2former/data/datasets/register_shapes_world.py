@@ -9,9 +9,10 @@ Registers the generated "shapes world" dataset (see shapes_world.py) on ``import
 
 The data lives in ``$DETECTRON2_DATASETS/shapes_world`` (default ``datasets/shapes_world``). Registering
 generates nothing: the first ``DatasetCatalog.get`` of any of these names generates the folder (the default
-3000 + 50 images take about a minute on 2 cores, 250 MB), later calls reuse it. Evaluators that read annotation files in their constructor (COCOEvaluator
-reads ``json_file``) need the data to exist: build the dataset (e.g. the test loader) first, as detectron2's
-trainers do, or call :func:`~mask2former.data.datasets.shapes_world.ensure_shapes_world`.
+3000 + 50 images take about a minute on 2 cores, 250 MB), later calls reuse it. Evaluators that read
+annotation files in their constructor (COCOEvaluator reads ``json_file``) need the data to exist: build the
+dataset (e.g. the test loader) first, as detectron2's trainers do, or call
+:func:`~mask2former.data.datasets.shapes_world.ensure_shapes_world`.
 
 Like Mask2Former's COCO panoptic registration, ``stuff_classes`` lists all classes (things, then stuff) so
 that semantic segmentation covers every class; ``thing_classes`` lists the things only.

@@ -623,7 +623,9 @@ def _write_image(folder: Path, split: str, params: dict, i: int) -> Tuple[dict, 
         rle = mask_util.encode(np.asfortranarray(seg["mask"].astype(np.uint8)))
         box = [float(v) for v in mask_util.toBbox(rle)]
         area = int(seg["mask"].sum())
-        segments_info.append({"id": seg["id"], "category_id": seg["category_id"], "iscrowd": 0, "area": area, "bbox": box})
+        segments_info.append(
+            {"id": seg["id"], "category_id": seg["category_id"], "iscrowd": 0, "area": area, "bbox": box}
+        )
         if not seg["isthing"]:
             continue
         if seg["polygon"] is not None:
@@ -703,10 +705,17 @@ def _file_sizes(folder: Path) -> Dict[str, int]:
     return dict(sorted(sizes.items()))
 
 
-def _generate_into(folder: Path, params: dict, show_progress: bool, workers: int = 1) -> None:
+def _check_workers(workers: Optional[int]) -> None:
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"--workers (workers) must be an integer >= 1 or None, got {workers!r}")
+
+
+def _generate_into(folder: Path, params: dict, show_progress: bool, workers: Optional[int]) -> None:
     folder.mkdir(parents=True)
     total = params["num_train"] + params["num_val"]
-    workers = max(1, min(int(workers), total))
+    if workers is None:  # one per core, at most one per 200 images
+        workers = min(os.cpu_count() or 1, max(1, total // 200))
+    workers = min(workers, total)
     # "spawn": the caller may be a training process with threads (torch), which forking can deadlock
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
     try:
@@ -794,8 +803,7 @@ def ensure_shapes_world(
     temporary sibling folder that is renamed into place, so concurrent callers (e.g. one per GPU) are safe.
     """
     params = validate_params(num_train, num_val, seed, min_size, max_size)
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"workers (CLI --workers) must be an integer >= 1 or None, got {workers!r}")
+    _check_workers(workers)
     folder = Path(folder)
     state, reason = _folder_state(folder, params)
     if state == "complete":
@@ -806,8 +814,6 @@ def ensure_shapes_world(
     tmp = folder.parent / f".{folder.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     start = time.perf_counter()
     try:
-        if workers is None:
-            workers = min(os.cpu_count() or 1, max(1, (params["num_train"] + params["num_val"]) // 200))
         _generate_into(tmp, params, show_progress, workers)
         state, _ = _folder_state(folder, params)  # another process may have finished meanwhile
         if state == "complete":
@@ -857,8 +863,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
-    if args.workers is not None and args.workers < 1:
-        parser.error(f"--workers must be >= 1, got {args.workers}")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         parser.error(f"--output {args.output} is a file, expected a directory or a new path")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -867,6 +871,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     )
     try:
         recorded = validate_params(**params)
+        _check_workers(args.workers)
     except ValueError as e:
         parser.error(str(e))
     existed = _folder_state(Path(args.output), recorded)[0] == "complete"
