@@ -93,6 +93,32 @@ def test_param_groups_rules_and_counts():
     assert len(optimizer.param_groups) == 6  # one group per distinct (lr, weight decay)
 
 
+def test_adamw_is_fused_and_steps_like_the_reference_adamw():
+    """The fused AdamW kernel gives the per-parameter AdamW update, with the same groups and clipping."""
+    torch.manual_seed(0)
+    model = _Model()
+    reference = _Model()
+    reference.load_state_dict(model.state_dict())
+    cfg = _cfg(CLIP_GRADIENTS=get_cfg().SOLVER.CLIP_GRADIENTS.clone())
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.05
+    optimizer = build_optimizer(cfg, model)
+    assert all(g["fused"] for g in optimizer.param_groups)
+    ref_optimizer = build_optimizer(cfg, reference)
+    for g in ref_optimizer.param_groups:
+        g["fused"] = False
+    x = torch.randn(5, 3, 3, 3)
+    for _ in range(3):
+        for m, opt in ((model, optimizer), (reference, ref_optimizer)):
+            opt.zero_grad()
+            y = m.decoder_norm(m.proj(m.gn(m.backbone.conv(x).flatten(1))) + m.query_embed.weight[0] + m.level_embed[1])
+            (y ** 2).sum().backward()
+            opt.step()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=name)
+
+
 def test_sgd_and_unknown_optimizer():
     optimizer = build_optimizer(_cfg(OPTIMIZER="SGD", MOMENTUM=0.8), _Model())
     assert isinstance(optimizer, torch.optim.SGD)
