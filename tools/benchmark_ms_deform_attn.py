@@ -10,6 +10,7 @@ Default shapes: the 1/8, 1/16, 1/32 levels of a 1024x1024 image (128x128 + 64x64
 8 heads x 32 channels, 4 points, one query per token with sampling locations near its own position.
 
     python tools/benchmark_ms_deform_attn.py [--device cpu|cuda] [--threads N] [--repeats R]
+    python tools/benchmark_ms_deform_attn.py --size 192 --batch 8 --heads 4   # a shapes-world training batch
 """
 import argparse
 import json
@@ -50,7 +51,8 @@ def make_inputs(args, device):
     shapes = torch.as_tensor([[args.size // s, args.size // s] for s in (8, 16, 32)], device=device)
     S = int(shapes.prod(1).sum())
     M, D, L, P = args.heads, args.head_dim, len(shapes), args.points
-    value = torch.randn(1, S, M, D, generator=g).to(device)
+    N = args.batch
+    value = torch.randn(N, S, M, D, generator=g).to(device)
     # Each token queries around its own position on every level (as in the encoder): reference points at
     # the pixel centres, offsets of a few pixels.
     refs = []
@@ -58,9 +60,9 @@ def make_inputs(args, device):
         ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
         refs.append(torch.stack([xs.flatten() / w, ys.flatten() / h], -1))
     ref = torch.cat(refs).to(device)  # (S, 2)
-    offsets = torch.randn(1, S, M, L, P, 2, generator=g).to(device) * 2.0 / shapes.flip(-1)[None, None, None, :, None, :]
+    offsets = torch.randn(N, S, M, L, P, 2, generator=g).to(device) * 2.0 / shapes.flip(-1)[None, None, None, :, None, :]
     locations = ref[None, :, None, None, None, :] + offsets
-    weights = torch.rand(1, S, M, L, P, generator=g).to(device)
+    weights = torch.rand(N, S, M, L, P, generator=g).to(device)
     weights = weights / weights.sum((-1, -2), keepdim=True)
     return value, shapes, locations, weights
 
@@ -123,6 +125,7 @@ def main():
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size", type=int, default=1024, help="image side; levels are size/8, /16, /32")
+    parser.add_argument("--batch", type=int, default=1, help="images")
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=32)
     parser.add_argument("--points", type=int, default=4)
@@ -137,11 +140,12 @@ def main():
     # Both variants must compute the same thing before their speed is compared.
     small = argparse.Namespace(**{**vars(args), "size": 128})
     inputs = make_inputs(small, torch.device(args.device))
-    torch.testing.assert_close(ms_deform_attn(*inputs), stacked_ms_deform_attn(*inputs), atol=1e-5, rtol=1e-5)
+    for variant in VARIANTS.values():
+        torch.testing.assert_close(ms_deform_attn(*inputs), variant(*inputs), atol=1e-5, rtol=1e-5)
 
     tokens = sum((args.size // s) ** 2 for s in (8, 16, 32))
     print(f"ms_deform_attn benchmark: device={args.device} threads={args.threads} tokens=queries={tokens} "
-          f"heads={args.heads} head_dim={args.head_dim} levels=3 points={args.points} repeats={args.repeats}")
+          f"batch={args.batch} heads={args.heads} head_dim={args.head_dim} levels=3 points={args.points} repeats={args.repeats}")
     results = {}
     base = [sys.executable, os.path.abspath(__file__)] + sys.argv[1:]
     for variant in VARIANTS:
@@ -157,11 +161,13 @@ def main():
     for variant, r in results.items():
         print(f"{variant:10s} {r['fwd_s'] * 1e3:10.1f} {r['fwd_bwd_s'] * 1e3:12.1f} "
               f"{r['peak_extra_mb_fwd']:12.1f} {r['peak_extra_mb_fwd_bwd']:16.1f}")
-    a, b = results["ours"], results["stacked"]
-    print(f"ratio ours/stacked: fwd time {a['fwd_s'] / b['fwd_s']:.2f}, fwd+bwd time "
-          f"{a['fwd_bwd_s'] / b['fwd_bwd_s']:.2f}, peak memory fwd "
-          f"{a['peak_extra_mb_fwd'] / max(b['peak_extra_mb_fwd'], 1e-9):.2f}, fwd+bwd "
-          f"{a['peak_extra_mb_fwd_bwd'] / max(b['peak_extra_mb_fwd_bwd'], 1e-9):.2f}")
+    a = results["ours"]
+    for other in ("stacked",):
+        b = results[other]
+        print(f"ratio ours/{other}: fwd time {a['fwd_s'] / b['fwd_s']:.2f}, fwd+bwd time "
+              f"{a['fwd_bwd_s'] / b['fwd_bwd_s']:.2f}, peak memory fwd "
+              f"{a['peak_extra_mb_fwd'] / max(b['peak_extra_mb_fwd'], 1e-9):.2f}, fwd+bwd "
+              f"{a['peak_extra_mb_fwd_bwd'] / max(b['peak_extra_mb_fwd_bwd'], 1e-9):.2f}")
 
 
 if __name__ == "__main__":

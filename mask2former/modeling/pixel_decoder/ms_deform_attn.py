@@ -38,9 +38,7 @@ def ms_deform_attn(value, spatial_shapes, sampling_locations, attention_weights)
         samples = F.grid_sample(
             value_l, grids[:, :, lvl], mode="bilinear", padding_mode="zeros", align_corners=False
         )  # (N*M, D, Lq, P)
-        # A broadcast multiply-and-sum over P: about 2x faster forward and backward on a CPU than the
-        # equivalent einsum, which copies the samples into a batched-matmul layout first.
-        output = output + (samples * weights[:, None, :, lvl]).sum(-1)
+        output = output + torch.einsum("bdqp,bqp->bdq", samples, weights[:, :, lvl])
     return output.view(N, M * D, Lq).transpose(1, 2).contiguous()
 
 
