@@ -5,7 +5,7 @@
 # demo/demo.py finds the weights by default.
 #
 #   bash tools/run_main.sh                   # the 10-minute run (500 iterations)
-#   bash tools/run_main.sh --long            # the documented 55-minute run (4500 iterations, docs/RESULTS.md)
+#   bash tools/run_main.sh --long            # the documented run (5000 iterations, about an hour, docs/RESULTS.md)
 #   bash tools/run_main.sh KEY VALUE ...     # extra config overrides for train_net.py
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
