@@ -16,10 +16,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
-from mask2former import add_maskformer2_config, add_maskformer2_video_config  # noqa: E402
+from train_net import build_config  # noqa: E402
 
 STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "postprocess")
 
@@ -59,11 +58,8 @@ def main():
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[])
     args = parser.parse_args()
 
-    cfg = get_cfg()
-    add_maskformer2_config(cfg)
-    add_maskformer2_video_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"] + args.opts)
+    cfg, _ = build_config(argparse.Namespace(config_file=args.config_file,
+                                             opts=["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"] + args.opts))
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     test = cfg.MODEL.MASK_FORMER.TEST

@@ -5,7 +5,8 @@ Builds the model, optimizer and training data loader of a config exactly as ``tr
 real batches, and times each stage of an iteration (median over ``--repeats`` iterations after two warm-ups):
 backbone, pixel decoder and transformer decoder forward, criterion (matching + losses), backward, optimizer
 step; with the config's autocast setting (``SOLVER.AMP.ENABLED``: bfloat16 on a CPU). The optimizer step is
-then timed again with the per-parameter AdamW loop (``fused=False``) on the same gradients.
+then timed again with the per-parameter AdamW loop (``fused=False``) on the same gradients. Random weights,
+or the checkpoint given as ``MODEL.WEIGHTS``.
 
     DETECTRON2_DATASETS=datasets python tools/benchmark_train_step.py \\
         [--config-file configs/shapes_world/maskformer2_R18_panoptic.yaml] [--repeats 10] [KEY VALUE ...]
@@ -19,10 +20,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 
-from mask2former import add_maskformer2_config, add_maskformer2_video_config  # noqa: E402
 from mask2former.engine import MaskFormerTrainer as Trainer  # noqa: E402
+from train_net import build_config  # noqa: E402
 
 STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "criterion", "backward", "optimizer")
 
@@ -63,12 +63,8 @@ def main():
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[])
     args = parser.parse_args()
 
-    cfg = get_cfg()
-    add_maskformer2_config(cfg)
-    add_maskformer2_video_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(["DATALOADER.NUM_WORKERS", 0] + args.opts)
-    cfg.freeze()
+    cfg, _ = build_config(argparse.Namespace(config_file=args.config_file,
+                                             opts=["DATALOADER.NUM_WORKERS", 0] + args.opts))
     torch.manual_seed(0)
     model = Trainer.build_model(cfg).train()
     if cfg.MODEL.WEIGHTS:
