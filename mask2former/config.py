@@ -62,6 +62,9 @@ def add_maskformer2_config(cfg):
     mf.CLASS_WEIGHT = 1.0
     mf.DICE_WEIGHT = 1.0
     mf.MASK_WEIGHT = 20.0
+    # Ours (not in the official code): weight of an auxiliary per-pixel cross-entropy over the K classes, from a
+    # 1x1 convolution on the mask features, used only in training (0 = off: no extra parameters, as official).
+    mf.AUX_SEM_SEG_WEIGHT = 0.0
     mf.NHEADS = 8
     mf.DROPOUT = 0.1
     mf.DIM_FEEDFORWARD = 2048

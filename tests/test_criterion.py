@@ -13,6 +13,7 @@ from mask2former.modeling.criterion import (
     build_criterion,
     build_loss_weight_dict,
     dice_loss,
+    semantic_targets,
     sigmoid_ce_loss,
 )
 from mask2former.modeling.matcher import HungarianMatcher, batch_dice_cost, batch_sigmoid_ce_cost
@@ -534,3 +535,69 @@ def test_build_criterion_from_config():
     assert len(criterion.weight_dict) == 3 * 10 and criterion.weight_dict["loss_mask_8"] == 5.0
     cfg.MODEL.MASK_FORMER.DEEP_SUPERVISION = False
     assert set(build_criterion(cfg).weight_dict) == {"loss_ce", "loss_mask", "loss_dice"}
+
+
+# ------------------------------------------------------------------------------ auxiliary per-pixel loss
+
+
+def test_semantic_targets_first_mask_wins_and_void_is_ignored():
+    masks = torch.zeros(3, 4, 4, dtype=torch.bool)
+    masks[0, :2] = True  # rows 0-1: label 5
+    masks[1, 1:3] = True  # rows 1-2: label 2, but row 1 belongs to the first mask
+    masks[2, 3, :2] = True  # row 3, left half: label 7; right half of row 3 is void
+    small = {"labels": torch.tensor([1]), "masks": torch.ones(1, 2, 3, dtype=torch.bool)}
+    empty = {"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 4, 4, dtype=torch.bool)}
+    maps = semantic_targets([{"labels": torch.tensor([5, 2, 7]), "masks": masks}, small, empty])
+    expected = torch.tensor([[5, 5, 5, 5], [5, 5, 5, 5], [2, 2, 2, 2], [7, 7, -1, -1]])
+    assert maps.shape == (3, 4, 4) and maps.dtype == torch.int64
+    assert torch.equal(maps[0], expected)
+    assert torch.equal(maps[1], torch.tensor([[1, 1, 1, -1], [1, 1, 1, -1], [-1] * 4, [-1] * 4]))  # padded
+    assert (maps[2] == -1).all()
+    video = semantic_targets([{"labels": torch.tensor([3]), "masks": torch.ones(1, 2, 4, 4, dtype=torch.bool)}])
+    assert video.shape == (2, 4, 4) and (video == 3).all()  # one map per frame
+
+
+def test_aux_sem_seg_loss_is_cross_entropy_at_cell_centres():
+    criterion = SetCriterion(4, FixedMatcher([([0], [0]), ([1], [0])]), {}, 0.1, ["labels", "masks", "sem_seg"],
+                             16, 3.0, 0.75)
+    outputs, targets = _random_batch()
+    g = torch.Generator().manual_seed(1)
+    outputs["aux_sem_seg"] = torch.randn(2, 4, 8, 8, generator=g, requires_grad=True)  # 1/4 of the 32 px targets
+    losses = criterion(outputs, targets)
+    assert set(losses) == {"loss_ce", "loss_mask", "loss_dice", "loss_aux_sem_seg"}
+    full = semantic_targets(targets)
+    centres = full[:, 2::4, 2::4]  # the target pixel at the centre of each 4 x 4 cell
+    expected = F.cross_entropy(outputs["aux_sem_seg"], centres, ignore_index=-1)
+    torch.testing.assert_close(losses["loss_aux_sem_seg"], expected)
+    losses["loss_aux_sem_seg"].backward()
+    assert outputs["aux_sem_seg"].grad.abs().sum() > 0
+
+    # Nothing labelled: zero loss, gradient still defined.
+    for t in targets:
+        t["masks"] = torch.zeros_like(t["masks"])
+    outputs["aux_sem_seg"].grad = None
+    loss = criterion(outputs, targets)["loss_aux_sem_seg"]
+    assert loss.item() == 0.0
+    loss.backward()
+    assert outputs["aux_sem_seg"].grad is not None
+
+    del outputs["aux_sem_seg"]
+    with pytest.raises(KeyError, match="AUX_SEM_SEG_WEIGHT"):
+        criterion(outputs, targets)
+
+
+def test_aux_sem_seg_from_config():
+    from detectron2.config import get_cfg
+
+    from mask2former import add_maskformer2_config
+
+    cfg = get_cfg()
+    add_maskformer2_config(cfg)
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 5
+    assert "sem_seg" not in build_criterion(cfg).losses  # off by default, as the official model
+    cfg.MODEL.MASK_FORMER.AUX_SEM_SEG_WEIGHT = 2.0
+    criterion = build_criterion(cfg)
+    assert "sem_seg" in criterion.losses and criterion.weight_dict["loss_aux_sem_seg"] == 2.0
+    cfg.MODEL.MASK_FORMER.AUX_SEM_SEG_WEIGHT = -1.0
+    with pytest.raises(ValueError, match="AUX_SEM_SEG_WEIGHT"):
+        build_criterion(cfg)

@@ -204,3 +204,34 @@ def test_base_pixel_decoder_trains_and_infers():
     assert mask_features.shape == (1, 32, 12, 16)
     assert [tuple(f.shape[-2:]) for f in multi_scale] == [(2, 2), (3, 4), (6, 8)]  # coarsest first
     assert out["sem_seg"].shape == (5, 50, 70)
+
+
+def test_aux_sem_seg_head_trains_and_leaves_inference_and_checkpoints_alone(model, tmp_path, caplog):
+    """MODEL.MASK_FORMER.AUX_SEM_SEG_WEIGHT > 0 adds one 1x1 classifier on the mask features, used in training."""
+    assert model.sem_seg_head.aux_sem_seg_predictor is None  # off: the official parameters only
+    assert not any("aux_sem_seg" in k for k in model.state_dict())
+    torch.manual_seed(0)
+    aux = build_model(tiny_cfg(**{"MODEL.MASK_FORMER.AUX_SEM_SEG_WEIGHT": 2.0})).train()
+    assert tuple(aux.sem_seg_head.aux_sem_seg_predictor.weight.shape) == (5, 32, 1, 1)  # K classes x MASK_DIM
+    losses = aux(_batch())
+    assert len(losses) == 13 and torch.isfinite(losses["loss_aux_sem_seg"])
+    assert losses["loss_aux_sem_seg"] > 0
+    sum(losses.values()).backward()
+    assert aux.sem_seg_head.aux_sem_seg_predictor.weight.grad.abs().sum() > 0
+    # The auxiliary loss alone reaches the backbone: it gives the pixel features a dense class signal.
+    aux.zero_grad()
+    aux(_batch())["loss_aux_sem_seg"].backward()
+    assert aux.backbone.stem.conv1.weight.grad.abs().sum() > 0
+
+    # Inference does not compute it, and a checkpoint with the classifier loads into a model without it.
+    aux.eval()
+    with torch.no_grad():
+        out = aux.sem_seg_head(aux.backbone(torch.zeros(1, 3, 64, 64)))
+    assert "aux_sem_seg" not in out
+    path = tmp_path / "aux.pth"
+    torch.save({"model": aux.state_dict()}, path)
+    plain = build_model(tiny_cfg()).eval()
+    with caplog.at_level(logging.WARNING):
+        DetectionCheckpointer(plain).load(str(path))
+    assert torch.equal(plain.state_dict()["sem_seg_head.predictor.query_feat.weight"],
+                       aux.state_dict()["sem_seg_head.predictor.query_feat.weight"])

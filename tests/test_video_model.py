@@ -232,3 +232,18 @@ def test_bad_inputs_get_clear_errors(model):
             model([{"image": _video(3), "instances": []}])
     finally:
         model.eval()
+
+
+def test_aux_sem_seg_loss_on_every_frame():
+    """MODEL.MASK_FORMER.AUX_SEM_SEG_WEIGHT works on clips: one per-pixel class map per frame."""
+    torch.manual_seed(0)
+    aux = build_model(tiny_video_cfg("MODEL.MASK_FORMER.AUX_SEM_SEG_WEIGHT", 2.0))
+    masks = box_masks(2, 64, 96, [[(5, 5, 30, 30), None], [None, (50, 20, 90, 60)]])
+    video = {"image": _video(), "instances": clip_instances(masks, [0, 2], [7, 9]), "height": 64, "width": 96}
+    aux.train()
+    outputs = aux.sem_seg_head(aux.backbone(torch.zeros(4, 3, 64, 96)))  # 2 clips x 2 frames
+    assert outputs["aux_sem_seg"].shape == (4, 3, 16, 24)
+    losses = aux([video, video])
+    assert len(losses) == 13 and losses["loss_aux_sem_seg"] > 0
+    sum(losses.values()).backward()
+    assert aux.sem_seg_head.aux_sem_seg_predictor.weight.grad.abs().sum() > 0

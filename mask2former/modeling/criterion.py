@@ -9,7 +9,12 @@ After matching queries to targets (:class:`~.matcher.HungarianMatcher`), Mask2Fo
   masks in the (whole, distributed) batch.
 
 With deep supervision the same losses are applied to every intermediate prediction ("aux_outputs"), each
-matched on its own, with keys suffixed ``_0``, ``_1``, ... . Video clips use the same code: a (T, H, W)
+matched on its own, with keys suffixed ``_0``, ``_1``, ... . Optionally (ours, MODEL.MASK_FORMER.AUX_SEM_SEG_WEIGHT)
+
+* ``loss_aux_sem_seg``: per-pixel cross-entropy over the K classes of the head's auxiliary semantic logits,
+  the target of a pixel being the label of the first target mask that covers it (pixels no mask covers are
+  ignored); computed once per batch, not per decoder layer.
+ Video clips use the same code: a (T, H, W)
 instance mask is matched as a whole, and its T frames count as T rows of the mask losses.
 """
 from typing import Dict, List, Sequence, Tuple
@@ -22,7 +27,7 @@ from torch import nn
 from .matcher import HungarianMatcher
 from .point_sampling import calculate_uncertainty, get_uncertain_point_coords_with_randomness, point_sample
 
-__all__ = ["SetCriterion", "sigmoid_ce_loss", "dice_loss", "build_loss_weight_dict", "build_criterion"]
+__all__ = ["SetCriterion", "sigmoid_ce_loss", "dice_loss", "semantic_targets", "build_loss_weight_dict", "build_criterion"]
 
 
 def sigmoid_ce_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
@@ -80,7 +85,7 @@ def build_loss_weight_dict(
 class SetCriterion(nn.Module):
     """Mask2Former's losses: Hungarian matching, then classification and point-sampled mask losses."""
 
-    LOSSES = ("labels", "masks")
+    LOSSES = ("labels", "masks", "sem_seg")
 
     def __init__(
         self,
@@ -100,7 +105,8 @@ class SetCriterion(nn.Module):
             weight_dict: loss name -> weight. Kept as an attribute for the meta-architecture, which applies it;
                 :meth:`forward` returns unweighted losses.
             eos_coef: classification weight of the "no object" class.
-            losses: names of the losses to compute, among "labels" and "masks".
+            losses: names of the losses to compute, among "labels", "masks" and "sem_seg" (the auxiliary
+                per-pixel loss; needs "aux_sem_seg" in the outputs).
             num_points: P, points per mask for the mask losses.
             oversample_ratio: PointRend oversampling ratio k (>= 1).
             importance_sample_ratio: PointRend fraction beta of points chosen by uncertainty.
@@ -182,6 +188,29 @@ class SetCriterion(nn.Module):
                 "loss_dice": dice_loss(point_logits, point_labels, num_masks),
             }
 
+    def loss_sem_seg(self, outputs, targets) -> Dict[str, torch.Tensor]:
+        """Per-pixel cross-entropy of the auxiliary semantic logits against the targets' union of labelled masks."""
+        if "aux_sem_seg" not in outputs:
+            raise KeyError(
+                "SetCriterion: the 'sem_seg' loss needs 'aux_sem_seg' logits in the outputs; the head makes them "
+                "in training when MODEL.MASK_FORMER.AUX_SEM_SEG_WEIGHT > 0"
+            )
+        logits = outputs["aux_sem_seg"]  # (B [* T], K, h, w)
+        semantic = semantic_targets(targets).to(logits.device)  # (B [* T], H, W)
+        if logits.shape[0] != semantic.shape[0] or logits.shape[1] != self.num_classes:
+            raise ValueError(
+                f"SetCriterion: aux_sem_seg logits {tuple(logits.shape)} do not fit {semantic.shape[0]} target "
+                f"maps of {self.num_classes} classes"
+            )
+        # The loss is taken at the logits' resolution, each cell labelled by the target pixel at its centre
+        # (4x cheaper per side than upsampling the logits to the image).
+        semantic = F.interpolate(semantic[:, None].float(), size=logits.shape[-2:], mode="nearest-exact")[:, 0].long()
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            logits = logits.float()
+            if not (semantic != IGNORE).any():  # nothing labelled: a zero that keeps the graph
+                return {"loss_aux_sem_seg": logits.sum() * 0.0}
+            return {"loss_aux_sem_seg": F.cross_entropy(logits, semantic, ignore_index=IGNORE)}
+
     def get_loss(self, loss, outputs, targets, indices, num_masks) -> Dict[str, torch.Tensor]:
         return {"labels": self.loss_labels, "masks": self.loss_masks}[loss](outputs, targets, indices, num_masks)
 
@@ -195,21 +224,24 @@ class SetCriterion(nn.Module):
 
         Returns:
             Unweighted losses: "loss_ce", "loss_mask", "loss_dice" (those of ``self.losses``) and, for the i-th
-            auxiliary output, the same names suffixed ``_{i}``.
+            auxiliary output, the same names suffixed ``_{i}``; "loss_aux_sem_seg" with the "sem_seg" loss.
         """
         self._check_targets(targets)
         last = {k: v for k, v in outputs.items() if k != "aux_outputs"}
         num_masks = self._num_masks(targets, outputs["pred_logits"].device)
 
         losses = {}
+        set_losses = [loss for loss in self.losses if loss != "sem_seg"]
         indices = self.matcher(last, targets)
-        for loss in self.losses:
+        for loss in set_losses:
             losses.update(self.get_loss(loss, last, targets, indices, num_masks))
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
             indices = self.matcher(aux, targets)
-            for loss in self.losses:
+            for loss in set_losses:
                 l_dict = self.get_loss(loss, aux, targets, indices, num_masks)
                 losses.update({f"{k}_{i}": v for k, v in l_dict.items()})
+        if "sem_seg" in self.losses:
+            losses.update(self.loss_sem_seg(outputs, targets))
         return losses
 
     def _check_targets(self, targets: List[Dict[str, torch.Tensor]]) -> None:
@@ -261,6 +293,30 @@ class SetCriterion(nn.Module):
         return "\n".join([head] + ["    " + line for line in body])
 
 
+IGNORE = -1  # semantic target of pixels no target mask covers
+
+
+def semantic_targets(targets: List[Dict[str, torch.Tensor]]) -> torch.Tensor:
+    """Per-pixel class maps of a batch: (B [* T], H, W) int64, the label of the first target mask covering a
+    pixel, ``IGNORE`` where none does (void, padding, or background of a things-only dataset). Masks of
+    different sizes are padded with ``IGNORE`` to the largest."""
+    maps = []
+    for t in targets:
+        masks, labels = t["masks"].bool(), t["labels"].to(device=t["masks"].device, dtype=torch.int64)
+        n = masks.shape[0]
+        # rank = n - (index of the first mask covering a pixel), 0 where none does (int16 keeps this cheap).
+        rank = masks.new_zeros(masks.shape[1:], dtype=torch.int16)
+        if n:
+            order = torch.arange(n, 0, -1, dtype=torch.int16, device=masks.device).view(-1, *[1] * (masks.dim() - 1))
+            rank = (masks.to(torch.int16) * order).amax(0)
+        lookup = torch.cat([labels.new_full((1,), IGNORE), labels.flip(0)])  # rank -> label
+        maps.append(lookup[rank.long()])
+    height = max(m.shape[-2] for m in maps)
+    width = max(m.shape[-1] for m in maps)
+    maps = [F.pad(m, (0, width - m.shape[-1], 0, height - m.shape[-2]), value=IGNORE) for m in maps]
+    return torch.stack(maps).flatten(0, -3)
+
+
 def _matched_target_masks(targets, indices, device) -> torch.Tensor:
     """The matched target masks of the whole batch, (N, [T,] H, W) float, zero-padded to a common size."""
     masks = [t["masks"][tgt.to(t["masks"].device)] for t, (_, tgt) in zip(targets, indices)]
@@ -285,12 +341,18 @@ def build_criterion(cfg) -> SetCriterion:
     weight_dict = build_loss_weight_dict(
         mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT, mf.DEC_LAYERS, mf.DEEP_SUPERVISION
     )
+    losses = ["labels", "masks"]
+    if mf.AUX_SEM_SEG_WEIGHT < 0:
+        raise ValueError(f"MODEL.MASK_FORMER.AUX_SEM_SEG_WEIGHT must be >= 0 (0 = off), got {mf.AUX_SEM_SEG_WEIGHT}")
+    if mf.AUX_SEM_SEG_WEIGHT > 0:
+        losses.append("sem_seg")
+        weight_dict["loss_aux_sem_seg"] = mf.AUX_SEM_SEG_WEIGHT
     return SetCriterion(
         cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
         matcher=matcher,
         weight_dict=weight_dict,
         eos_coef=mf.NO_OBJECT_WEIGHT,
-        losses=["labels", "masks"],
+        losses=losses,
         num_points=mf.TRAIN_NUM_POINTS,
         oversample_ratio=mf.OVERSAMPLE_RATIO,
         importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,

@@ -1,9 +1,9 @@
 """MaskFormerHead: the pixel decoder followed by the transformer decoder ("predictor")."""
-import logging
 from typing import Dict
 
+import fvcore.nn.weight_init as weight_init
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec
+from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
@@ -13,14 +13,20 @@ from ..transformer_decoder.mask2former_transformer_decoder import build_transfor
 
 @SEM_SEG_HEADS_REGISTRY.register()
 class MaskFormerHead(nn.Module):
-    """forward(features: dict name -> (N, C, H, W)) -> the predictor's output dict (see the decoder)."""
+    """forward(features: dict name -> (N, C, H, W)) -> the predictor's output dict (see the decoder).
+
+    With ``aux_sem_seg`` (MODEL.MASK_FORMER.AUX_SEM_SEG_WEIGHT > 0) a 1x1 convolution also classifies every
+    pixel of the mask features in training: "aux_sem_seg" (N, K, H/4, W/4) in the output dict, trained by the
+    criterion's per-pixel cross-entropy. It gives the pixel features a dense class signal, which the set loss
+    reaches only through the matched queries; inference does not use it.
+    """
 
     _version = 2
 
     @configurable
     def __init__(self, input_shape: Dict[str, ShapeSpec], *, num_classes: int, pixel_decoder: nn.Module,
                  loss_weight: float = 1.0, ignore_value: int = -1, transformer_predictor: nn.Module,
-                 transformer_in_feature: str):
+                 transformer_in_feature: str, aux_sem_seg: bool = False, mask_dim: int = 256):
         super().__init__()
         self.in_features = [k for k, _ in sorted(input_shape.items(), key=lambda kv: kv[1].stride)]
         self.ignore_value = ignore_value
@@ -30,6 +36,10 @@ class MaskFormerHead(nn.Module):
         self.predictor = transformer_predictor
         self.transformer_in_feature = transformer_in_feature
         self.num_classes = num_classes
+        self.aux_sem_seg_predictor = None
+        if aux_sem_seg:
+            self.aux_sem_seg_predictor = Conv2d(mask_dim, num_classes, kernel_size=1)
+            weight_init.c2_msra_fill(self.aux_sem_seg_predictor)
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -53,6 +63,8 @@ class MaskFormerHead(nn.Module):
             "loss_weight": head.LOSS_WEIGHT,
             "transformer_in_feature": in_feature,
             "transformer_predictor": build_transformer_decoder(cfg, in_channels, mask_classification=True),
+            "aux_sem_seg": cfg.MODEL.MASK_FORMER.AUX_SEM_SEG_WEIGHT > 0,
+            "mask_dim": head.MASK_DIM,
         }
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
@@ -67,12 +79,16 @@ class MaskFormerHead(nn.Module):
     def forward(self, features, mask=None):
         mask_features, encoder_features, multi_scale_features = self.pixel_decoder.forward_features(features)
         if self.transformer_in_feature == "multi_scale_pixel_decoder":
-            return self.predictor(multi_scale_features, mask_features, mask)
-        if self.transformer_in_feature == "transformer_encoder":
+            outputs = self.predictor(multi_scale_features, mask_features, mask)
+        elif self.transformer_in_feature == "transformer_encoder":
             if encoder_features is None:
                 raise ValueError("TRANSFORMER_IN_FEATURE 'transformer_encoder' needs a pixel decoder with an "
                                  "encoder (MSDeformAttnPixelDecoder)")
-            return self.predictor(encoder_features, mask_features, mask)
-        if self.transformer_in_feature == "pixel_embedding":
-            return self.predictor(mask_features, mask_features, mask)
-        return self.predictor(features[self.transformer_in_feature], mask_features, mask)
+            outputs = self.predictor(encoder_features, mask_features, mask)
+        elif self.transformer_in_feature == "pixel_embedding":
+            outputs = self.predictor(mask_features, mask_features, mask)
+        else:
+            outputs = self.predictor(features[self.transformer_in_feature], mask_features, mask)
+        if self.aux_sem_seg_predictor is not None and self.training:
+            outputs["aux_sem_seg"] = self.aux_sem_seg_predictor(mask_features)
+        return outputs
