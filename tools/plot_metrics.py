@@ -3,7 +3,8 @@
 
     python tools/plot_metrics.py OUTPUT_DIR/metrics.json -o docs/curves.png [--title TEXT]
 
-Left: total loss and the final layer's class / mask / dice losses (smoothed with a running median).
+Left: total loss and the final layer's class / mask / dice losses, and the auxiliary per-pixel class loss
+where the config has one (smoothed with a running median).
 Right: PQ, mask AP and mIoU at every evaluation.
 """
 import argparse
@@ -15,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-LOSSES = ("total_loss", "loss_ce", "loss_mask", "loss_dice")
+LOSSES = ("total_loss", "loss_ce", "loss_mask", "loss_dice", "loss_aux_sem_seg")  # those present
 METRICS = (("panoptic_seg/PQ", "PQ"), ("segm/AP", "mask AP"), ("sem_seg/mIoU", "mIoU"))
 
 
