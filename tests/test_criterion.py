@@ -514,14 +514,20 @@ def test_criterion_validation():
         criterion(outputs, targets)
 
 
-def test_build_criterion_from_config():
+def _default_cfg(num_classes):
+    """Our config defaults (add_maskformer2_config) with NUM_CLASSES set."""
     from detectron2.config import get_cfg
 
     from mask2former import add_maskformer2_config
 
     cfg = get_cfg()
     add_maskformer2_config(cfg)
-    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 133
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = num_classes
+    return cfg
+
+
+def test_build_criterion_from_config():
+    cfg = _default_cfg(133)
     cfg.MODEL.MASK_FORMER.DEC_LAYERS = 10
     cfg.MODEL.MASK_FORMER.CLASS_WEIGHT = 2.0  # as in the official Mask2Former configs
     cfg.MODEL.MASK_FORMER.MASK_WEIGHT = 5.0
@@ -587,13 +593,7 @@ def test_aux_sem_seg_loss_is_cross_entropy_at_cell_centres():
 
 
 def test_aux_sem_seg_from_config():
-    from detectron2.config import get_cfg
-
-    from mask2former import add_maskformer2_config
-
-    cfg = get_cfg()
-    add_maskformer2_config(cfg)
-    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 5
+    cfg = _default_cfg(5)
     assert "sem_seg" not in build_criterion(cfg).losses  # off by default, as the official model
     cfg.MODEL.MASK_FORMER.AUX_SEM_SEG_WEIGHT = 2.0
     criterion = build_criterion(cfg)
