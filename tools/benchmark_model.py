@@ -34,11 +34,11 @@ def run_stages(model, image):
 
     start = time.perf_counter()
     head = model.sem_seg_head
-    mask_features, _, multi_scale = head.pixel_decoder.forward_features(features)
+    pixel_outputs = head.pixel_decoder.forward_features(features)
     times["pixel_decoder"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    outputs = head.predictor(multi_scale, mask_features)
+    outputs = head.decode(features, *pixel_outputs)
     times["transformer_decoder"] = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -35,11 +35,9 @@ def train_step(model, optimizer, batch, amp):
         images = model.preprocess_image(batch)
         features = model.backbone(images.tensor)
         clock.append(time.perf_counter())
-        mask_features, _, multi_scale = model.sem_seg_head.pixel_decoder.forward_features(features)
+        pixel_outputs = model.sem_seg_head.pixel_decoder.forward_features(features)
         clock.append(time.perf_counter())
-        outputs = model.sem_seg_head.predictor(multi_scale, mask_features)
-        if model.sem_seg_head.aux_sem_seg_predictor is not None:  # MODEL.MASK_FORMER.AUX_SEM_SEG_WEIGHT > 0
-            outputs["aux_sem_seg"] = model.sem_seg_head.aux_sem_seg_predictor(mask_features)
+        outputs = model.sem_seg_head.decode(features, *pixel_outputs)
         clock.append(time.perf_counter())
         targets = model.prepare_targets([x["instances"].to(model.device) for x in batch], images)
         losses = model.criterion(outputs, targets)

@@ -9,13 +9,14 @@ After matching queries to targets (:class:`~.matcher.HungarianMatcher`), Mask2Fo
   masks in the (whole, distributed) batch.
 
 With deep supervision the same losses are applied to every intermediate prediction ("aux_outputs"), each
-matched on its own, with keys suffixed ``_0``, ``_1``, ... . Optionally (ours, MODEL.MASK_FORMER.AUX_SEM_SEG_WEIGHT)
+matched on its own, with keys suffixed ``_0``, ``_1``, ... . Video clips use the same code: a (T, H, W)
+instance mask is matched as a whole, and its T frames count as T rows of the mask losses.
+
+Optionally (ours, MODEL.MASK_FORMER.AUX_SEM_SEG_WEIGHT > 0), once per batch rather than per decoder layer:
 
 * ``loss_aux_sem_seg``: per-pixel cross-entropy over the K classes of the head's auxiliary semantic logits,
   the target of a pixel being the label of the first target mask that covers it (pixels no mask covers are
-  ignored); computed once per batch, not per decoder layer.
- Video clips use the same code: a (T, H, W)
-instance mask is matched as a whole, and its T frames count as T rows of the mask losses.
+  ignored; video: one map per frame).
 """
 from typing import Dict, List, Sequence, Tuple
 
@@ -27,7 +28,11 @@ from torch import nn
 from .matcher import HungarianMatcher
 from .point_sampling import calculate_uncertainty, get_uncertain_point_coords_with_randomness, point_sample
 
-__all__ = ["SetCriterion", "sigmoid_ce_loss", "dice_loss", "semantic_targets", "build_loss_weight_dict", "build_criterion"]
+__all__ = [
+    "SetCriterion", "sigmoid_ce_loss", "dice_loss", "semantic_targets", "build_loss_weight_dict", "build_criterion"
+]
+
+IGNORE = -1  # semantic target of pixels no target mask covers
 
 
 def sigmoid_ce_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
@@ -291,9 +296,6 @@ class SetCriterion(nn.Module):
             f"importance_sample_ratio: {self.importance_sample_ratio}",
         ]
         return "\n".join([head] + ["    " + line for line in body])
-
-
-IGNORE = -1  # semantic target of pixels no target mask covers
 
 
 def semantic_targets(targets: List[Dict[str, torch.Tensor]]) -> torch.Tensor:

@@ -77,7 +77,10 @@ class MaskFormerHead(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
 
     def forward(self, features, mask=None):
-        mask_features, encoder_features, multi_scale_features = self.pixel_decoder.forward_features(features)
+        return self.decode(features, *self.pixel_decoder.forward_features(features), mask=mask)
+
+    def decode(self, features, mask_features, encoder_features, multi_scale_features, mask=None):
+        """The transformer decoder (and, in training, the auxiliary classifier) on the pixel decoder's outputs."""
         if self.transformer_in_feature == "multi_scale_pixel_decoder":
             outputs = self.predictor(multi_scale_features, mask_features, mask)
         elif self.transformer_in_feature == "transformer_encoder":
