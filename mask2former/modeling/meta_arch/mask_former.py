@@ -103,8 +103,11 @@ class MaskFormer(nn.Module):
 
     def preprocess_image(self, batched_inputs):
         """Normalise and pad to a common size divisible by ``size_divisibility``: ImageList (N, C, H', W')."""
-        images = [x["image"].to(self.device) for x in batched_inputs]
-        images = [(x - self.pixel_mean) / self.pixel_std for x in images]
+        return self.normalize_and_pad([x["image"] for x in batched_inputs])
+
+    def normalize_and_pad(self, images):
+        """Normalise (C, H, W) images on the model's device and pad them into one batch in the backbone's layout."""
+        images = [(x.to(self.device) - self.pixel_mean) / self.pixel_std for x in images]
         return channels_last(ImageList.from_tensors(images, self.size_divisibility))
 
     def forward(self, batched_inputs):

@@ -14,7 +14,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
 
 from ..transformer_decoder import video_mask2former_transformer_decoder  # noqa: F401  (registers the decoder)
-from .mask_former import MaskFormer, channels_last
+from .mask_former import MaskFormer
 from .video_clip_tracker import ClipTracker, iter_clips, rles_to_masks
 
 __all__ = ["VideoMaskFormer"]
@@ -74,8 +74,7 @@ class VideoMaskFormer(MaskFormer):
     # ------------------------------------------------------------------------------------------ common
     def preprocess_frames(self, frames: Sequence[torch.Tensor]) -> ImageList:
         """Normalise frames (C, H, W) and pad them to a common size divisible by ``size_divisibility``."""
-        frames = [(x.to(self.device) - self.pixel_mean) / self.pixel_std for x in frames]
-        return channels_last(ImageList.from_tensors(frames, self.size_divisibility))
+        return self.normalize_and_pad(frames)
 
     def predict(self, frames: Sequence[torch.Tensor], training_batch: bool = False):
         """Run backbone, pixel decoder (per frame) and video decoder. Returns (decoder outputs, ImageList)."""
