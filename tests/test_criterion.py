@@ -17,6 +17,7 @@ from mask2former.modeling.criterion import (
     sigmoid_ce_loss,
 )
 from mask2former.modeling.matcher import HungarianMatcher, batch_dice_cost, batch_sigmoid_ce_cost
+from mask2former.modeling.sigmoid_ops import sigmoid_bce_terms
 from mask2former.modeling.point_sampling import (
     calculate_uncertainty,
     get_uncertain_point_coords_with_randomness,
@@ -181,6 +182,27 @@ def test_hand_computed_costs_and_losses():
     loss_dice = dice_loss(torch.tensor(pred), torch.tensor(tgt), num_masks)
     assert float(loss_mask) == pytest.approx((expected_bce[0][0] + expected_bce[1][1]) / num_masks, abs=1e-6)
     assert float(loss_dice) == pytest.approx((expected_dice[0][0] + expected_dice[1][1]) / num_masks, abs=1e-6)
+
+
+
+def test_bce_cost_exact_on_large_logits():
+    # Trained mask logits reach |x| > 87, where exp(-|x|) is subnormal: the fast BCE terms must still be
+    # softplus(-x) and softplus(x) to float32 precision, tails like 1e-30 included, at and around both cut-offs.
+    x = torch.cat([
+        torch.linspace(-300, 300, 6001),
+        torch.tensor([-104.0, -103.0, -88.0, -87.5, -87.0, -86.9, -16.7, -16.6, -1e-6, 0.0, 1e-6, 16.6, 16.7,
+                      86.9, 87.0, 87.5, 88.0, 103.0, 104.0]),
+    ])
+    pos, neg = sigmoid_bce_terms(x)
+    x64 = x.double()
+    # Two units in the last place, plus the designed bound of the clamp: tails below exp(-87) = 1.65e-38 (what
+    # float32 can only hold as a subnormal number) come out as exp(-87).
+    torch.testing.assert_close(pos.double(), F.softplus(-x64), rtol=2.4e-7, atol=1.7e-38)
+    torch.testing.assert_close(neg.double(), F.softplus(x64), rtol=2.4e-7, atol=1.7e-38)
+    targets = (torch.rand(3, x.numel(), generator=torch.Generator().manual_seed(0)) > 0.5).double()
+    expected = torch.stack([(t * F.softplus(-x64) + (1 - t) * F.softplus(x64)).mean() for t in targets])
+    torch.testing.assert_close(batch_sigmoid_ce_cost(x[None], targets.float()).double(), expected[None],
+                               rtol=1e-6, atol=0)
 
 
 def test_matcher_cost_class_term():

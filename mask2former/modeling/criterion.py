@@ -232,6 +232,9 @@ class SetCriterion(nn.Module):
             auxiliary output, the same names suffixed ``_{i}``; "loss_aux_sem_seg" with the "sem_seg" loss.
         """
         self._check_targets(targets)
+        # Float target masks on the predictions' device once, not once per decoder layer and image.
+        device = outputs["pred_masks"].device
+        targets = [{**t, "masks": t["masks"].to(device=device, dtype=torch.float32)} for t in targets]
         last = {k: v for k, v in outputs.items() if k != "aux_outputs"}
         num_masks = self._num_masks(targets, outputs["pred_logits"].device)
 

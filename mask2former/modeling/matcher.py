@@ -11,11 +11,11 @@ spatio-temporal mask).
 from typing import Dict, List, Tuple
 
 import torch
-import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from .point_sampling import point_sample
+from .sigmoid_ops import sigmoid_bce_terms
 
 __all__ = ["HungarianMatcher", "batch_sigmoid_ce_cost", "batch_dice_cost"]
 
@@ -31,8 +31,7 @@ def batch_sigmoid_ce_cost(inputs: torch.Tensor, targets: torch.Tensor) -> torch.
         (Q, N) cost, entry [q, n] = mean_p BCE(sigmoid(inputs[q, p]), targets[n, p]).
     """
     num_points = inputs.shape[1]
-    pos = F.binary_cross_entropy_with_logits(inputs, torch.ones_like(inputs), reduction="none")
-    neg = F.binary_cross_entropy_with_logits(inputs, torch.zeros_like(inputs), reduction="none")
+    pos, neg = sigmoid_bce_terms(inputs)
     cost = torch.einsum("qp,np->qn", pos, targets) + torch.einsum("qp,np->qn", neg, 1 - targets)
     return cost / num_points
 

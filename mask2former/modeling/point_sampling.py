@@ -106,7 +106,7 @@ def get_uncertain_point_coords_with_randomness(
             f"uncertainty_func must return (N, 1, P) = {(num_items, 1, num_sampled)}, "
             f"got {tuple(uncertainties.shape)}"
         )
-    top = torch.topk(uncertainties[:, 0, :], k=num_uncertain, dim=1).indices  # (N, num_uncertain)
+    top = torch.topk(uncertainties[:, 0, :], k=num_uncertain, dim=1, sorted=False).indices  # (N, num_uncertain)
     coords = torch.gather(candidates, 1, top[..., None].expand(-1, -1, 2))
     if num_random > 0:
         coords = torch.cat([coords, torch.rand(num_items, num_random, 2, device=device)], dim=1)
