@@ -1,4 +1,5 @@
 """Multi-scale deformable attention: the op against a plain per-point formulation, gradients, the module."""
+import pytest
 import torch
 
 from mask2former.modeling.pixel_decoder.ms_deform_attn import MSDeformAttn, ms_deform_attn
@@ -106,3 +107,21 @@ def test_module_runs_in_fp32_under_autocast():
     assert torch.isfinite(out).all()
     # Only the linear projections run in bf16; the sampling itself stays fp32.
     assert (out.float() - expected).abs().max() < 0.1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_the_reference_with_gradients():
+    # The same op on the GPU (grid_sample's CUDA kernels, the layouts the op builds there), in float64: values
+    # against the hand-written reference, gradients against the CPU's.
+    value, shapes, locations, weights = random_inputs(torch.float64, N=2, Lq=7, M=2, D=3, P=3)
+    ref = reference_ms_deform_attn(value, shapes, locations, weights)
+    inputs_cpu = [t.clone().requires_grad_(True) for t in (value, locations, weights)]
+    inputs_gpu = [t.cuda().requires_grad_(True) for t in (value, locations, weights)]
+    out_cpu = ms_deform_attn(inputs_cpu[0], shapes, inputs_cpu[1], inputs_cpu[2])
+    out_gpu = ms_deform_attn(inputs_gpu[0], shapes.cuda(), inputs_gpu[1], inputs_gpu[2])
+    torch.testing.assert_close(out_gpu.cpu(), ref, atol=1e-12, rtol=0)
+    grad = torch.randn(out_cpu.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    out_cpu.backward(grad)
+    out_gpu.backward(grad.cuda())
+    for cpu, gpu in zip(inputs_cpu, inputs_gpu):
+        torch.testing.assert_close(gpu.grad.cpu(), cpu.grad, atol=1e-12, rtol=0)
