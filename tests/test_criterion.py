@@ -17,12 +17,12 @@ from mask2former.modeling.criterion import (
     sigmoid_ce_loss,
 )
 from mask2former.modeling.matcher import HungarianMatcher, batch_dice_cost, batch_sigmoid_ce_cost
-from mask2former.modeling.sigmoid_ops import sigmoid_bce_terms
 from mask2former.modeling.point_sampling import (
     calculate_uncertainty,
     get_uncertain_point_coords_with_randomness,
     point_sample,
 )
+from mask2former.modeling.sigmoid_ops import sigmoid_bce_terms
 
 
 class FixedMatcher(torch.nn.Module):
@@ -182,7 +182,6 @@ def test_hand_computed_costs_and_losses():
     loss_dice = dice_loss(torch.tensor(pred), torch.tensor(tgt), num_masks)
     assert float(loss_mask) == pytest.approx((expected_bce[0][0] + expected_bce[1][1]) / num_masks, abs=1e-6)
     assert float(loss_dice) == pytest.approx((expected_dice[0][0] + expected_dice[1][1]) / num_masks, abs=1e-6)
-
 
 
 def test_bce_cost_exact_on_large_logits():

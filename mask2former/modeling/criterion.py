@@ -232,21 +232,22 @@ class SetCriterion(nn.Module):
             auxiliary output, the same names suffixed ``_{i}``; "loss_aux_sem_seg" with the "sem_seg" loss.
         """
         self._check_targets(targets)
-        # Float target masks on the predictions' device once, not once per decoder layer and image.
+        # Float target masks on the predictions' device once for matching and the set losses of every layer
+        # (the semantic targets below read the masks as they came).
         device = outputs["pred_masks"].device
-        targets = [{**t, "masks": t["masks"].to(device=device, dtype=torch.float32)} for t in targets]
+        set_targets = [{**t, "masks": t["masks"].to(device=device, dtype=torch.float32)} for t in targets]
         last = {k: v for k, v in outputs.items() if k != "aux_outputs"}
         num_masks = self._num_masks(targets, outputs["pred_logits"].device)
 
         losses = {}
         set_losses = [loss for loss in self.losses if loss != "sem_seg"]
-        indices = self.matcher(last, targets)
+        indices = self.matcher(last, set_targets)
         for loss in set_losses:
-            losses.update(self.get_loss(loss, last, targets, indices, num_masks))
+            losses.update(self.get_loss(loss, last, set_targets, indices, num_masks))
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
-            indices = self.matcher(aux, targets)
+            indices = self.matcher(aux, set_targets)
             for loss in set_losses:
-                l_dict = self.get_loss(loss, aux, targets, indices, num_masks)
+                l_dict = self.get_loss(loss, aux, set_targets, indices, num_masks)
                 losses.update({f"{k}_{i}": v for k, v in l_dict.items()})
         if "sem_seg" in self.losses:
             losses.update(self.loss_sem_seg(outputs, targets))
