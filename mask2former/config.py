@@ -80,10 +80,6 @@ def add_maskformer2_config(cfg):
     mf.TRAIN_NUM_POINTS = 112 * 112
     mf.OVERSAMPLE_RATIO = 3.0
     mf.IMPORTANCE_SAMPLE_RATIO = 0.75
-    # Ours (not in the official code): match and take the mask losses at every pixel of the predicted mask logits
-    # (1/4 of the input), against the target masks averaged over each logit's 4 x 4 pixels, instead of at
-    # TRAIN_NUM_POINTS sampled points (which are then unused). For small objects: docs/RESULTS.md.
-    mf.DENSE_MASK_LOSS = False
 
     mf.TEST = CN()
     mf.TEST.SEMANTIC_ON = True

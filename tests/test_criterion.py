@@ -20,7 +20,6 @@ from mask2former.modeling.matcher import HungarianMatcher, batch_dice_cost, batc
 from mask2former.modeling.point_sampling import (
     calculate_uncertainty,
     get_uncertain_point_coords_with_randomness,
-    masks_on_grid,
     point_sample,
 )
 from mask2former.modeling.sigmoid_ops import sigmoid_bce_terms
@@ -563,112 +562,6 @@ def test_build_criterion_from_config():
     assert len(criterion.weight_dict) == 3 * 10 and criterion.weight_dict["loss_mask_8"] == 5.0
     cfg.MODEL.MASK_FORMER.DEEP_SUPERVISION = False
     assert set(build_criterion(cfg).weight_dict) == {"loss_ce", "loss_mask", "loss_dice"}
-
-
-# ------------------------------------------------------------------------------------- dense mask loss
-
-
-def test_masks_on_grid_is_the_fraction_of_each_cell():
-    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
-    masks[0, 0:3, 0:4] = True  # 12 of the 16 pixels of cell (0, 0)
-    masks[1, 5, 6] = True  # one pixel of cell (1, 1)
-    expected = torch.tensor([[[0.75, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 1 / 16]]])
-    grid = masks_on_grid(masks, (2, 2))
-    assert grid.dtype == torch.float32
-    torch.testing.assert_close(grid, expected)
-    video = masks_on_grid(masks[:, None].expand(2, 3, 8, 8), (2, 2))  # (N, T, H, W)
-    assert video.shape == (2, 3, 2, 2) and torch.equal(video[:, 1], expected)
-    assert masks_on_grid(torch.zeros(0, 8, 8), (2, 2)).shape == (0, 2, 2)
-    assert masks_on_grid(torch.zeros(0, 3, 8, 8), (2, 2)).shape == (0, 3, 2, 2)
-    assert torch.equal(masks_on_grid(masks, (8, 8)), masks.float())
-
-
-def test_dense_matcher_costs_every_pixel_and_recovers_permutation():
-    g = torch.Generator().manual_seed(4)
-    num_classes, num_queries = 5, 8
-    labels = torch.randint(0, num_classes, (4,), generator=g)
-    masks = _blob_masks(4, 32, 32, g)
-    grid = masks_on_grid(masks, (16, 16))
-    perm = [6, 0, 3, 5]
-    logits, pred_masks = _confident_predictions(labels, masks[:, ::2, ::2], perm, num_queries, num_classes)
-    pred_masks = pred_masks + torch.randn(pred_masks.shape, generator=g)  # not exactly the targets
-    matcher = HungarianMatcher(cost_class=2, cost_mask=5, cost_dice=5, dense=True)
-    target = {"labels": labels, "masks": grid}
-
-    cost = matcher.cost_matrix(logits, pred_masks, target)
-    expected = (
-        -2 * logits.softmax(-1)[:, labels]
-        + 5 * batch_sigmoid_ce_cost(pred_masks.flatten(1), grid.flatten(1))
-        + 5 * batch_dice_cost(pred_masks.flatten(1), grid.flatten(1))
-    )
-    torch.testing.assert_close(cost, expected)
-    torch.testing.assert_close(matcher.cost_matrix(logits, pred_masks, target), cost, rtol=0, atol=0)  # no sampling
-    (rows, cols), = matcher({"pred_logits": logits[None], "pred_masks": pred_masks[None]}, [target])
-    assert {(int(r), int(c)) for r, c in zip(rows, cols)} == {(q, j) for j, q in enumerate(perm)}
-
-    # Video: the T frames of a clip are one spatio-temporal mask, every pixel of every frame counts.
-    clip_pred, clip_grid = pred_masks[:, None].repeat(1, 2, 1, 1), grid[:, None].repeat(1, 2, 1, 1)
-    clip_cost = matcher.cost_matrix(logits, clip_pred, {"labels": labels, "masks": clip_grid})
-    clip_expected = (
-        -2 * logits.softmax(-1)[:, labels]
-        + 5 * batch_sigmoid_ce_cost(clip_pred.flatten(1), clip_grid.flatten(1))
-        + 5 * batch_dice_cost(clip_pred.flatten(1), clip_grid.flatten(1))
-    )
-    torch.testing.assert_close(clip_cost, clip_expected)
-
-    with pytest.raises(ValueError, match="must have the predicted masks' size"):
-        matcher.cost_matrix(logits, pred_masks, {"labels": labels, "masks": masks})
-    assert repr(HungarianMatcher(cost_class=2, cost_mask=5, cost_dice=5, dense=True)).splitlines()[-1] == (
-        "    points: every pixel (dense)"
-    )
-    HungarianMatcher(cost_class=2, cost_mask=5, cost_dice=5, num_points=0, dense=True)  # no points needed
-
-
-def test_dense_criterion_losses_at_every_pixel():
-    """Dense losses: BCE and dice over all logits against the targets' cell fractions; a small target is seen
-    by every cell it touches, without sampling (the same losses on every call)."""
-    outputs, targets = _random_batch(aux=1, requires_grad=True)
-    targets[1]["masks"] = torch.zeros(1, 32, 32, dtype=torch.bool)
-    targets[1]["masks"][0, 9:12, 22:25] = True  # 9 pixels: 6 in the 4 x 4 cell (2, 5), 3 in (2, 6)
-    indices = [([3, 0], [0, 1]), ([5], [0])]
-    matcher = HungarianMatcher(cost_class=2, cost_mask=5, cost_dice=5, dense=True)
-    criterion = SetCriterion(4, matcher, build_loss_weight_dict(2.0, 5.0, 5.0, 2), eos_coef=0.1,
-                             losses=["labels", "masks"], num_points=0, oversample_ratio=3.0,
-                             importance_sample_ratio=0.75, dense=True)
-    losses = criterion.get_loss("masks", outputs, [
-        {**t, "masks": masks_on_grid(t["masks"], (8, 8))} for t in targets], [
-        (torch.tensor(i), torch.tensor(j)) for i, j in indices], 3.0)
-    src = torch.stack([outputs["pred_masks"][0, 3], outputs["pred_masks"][0, 0], outputs["pred_masks"][1, 5]])
-    tgt = torch.cat([masks_on_grid(targets[0]["masks"], (8, 8)), masks_on_grid(targets[1]["masks"], (8, 8))])
-    assert tgt[2].nonzero().tolist() == [[2, 5], [2, 6]]
-    torch.testing.assert_close(tgt[2, 2, 5:7], torch.tensor([6 / 16, 3 / 16]))
-    torch.testing.assert_close(losses["loss_mask"], sigmoid_ce_loss(src.flatten(1), tgt.flatten(1), 3.0))
-    torch.testing.assert_close(losses["loss_dice"], dice_loss(src.flatten(1), tgt.flatten(1), 3.0))
-
-    # End to end with the dense Hungarian matcher: deterministic, finite, and differentiable.
-    first = criterion(outputs, targets)
-    second = criterion(outputs, targets)
-    assert set(first) == {"loss_ce", "loss_mask", "loss_dice", "loss_ce_0", "loss_mask_0", "loss_dice_0"}
-    assert all(torch.equal(first[k], second[k]) for k in first)
-    sum(first.values()).backward()
-    assert outputs["pred_masks"].grad.abs().sum() > 0 and outputs["aux_outputs"][0]["pred_masks"].grad is not None
-    video_outputs, video_targets = _random_batch(t=3)
-    video_losses = criterion(video_outputs, video_targets)
-    assert all(torch.isfinite(v) for v in video_losses.values())
-
-    assert "    points: every pixel (dense)" in repr(criterion).splitlines()
-    with pytest.raises(ValueError, match="dense=True but the matcher has dense=False"):
-        SetCriterion(4, HungarianMatcher(cost_class=2, cost_mask=5, cost_dice=5, num_points=10), {}, 0.1,
-                     ["labels", "masks"], 10, 3.0, 0.75, dense=True)
-
-
-def test_dense_mask_loss_from_config():
-    cfg = _default_cfg(11)
-    assert cfg.MODEL.MASK_FORMER.DENSE_MASK_LOSS is False  # official behaviour by default
-    assert not build_criterion(cfg).dense and not build_criterion(cfg).matcher.dense
-    cfg.MODEL.MASK_FORMER.DENSE_MASK_LOSS = True
-    criterion = build_criterion(cfg)
-    assert criterion.dense and criterion.matcher.dense
 
 
 # ------------------------------------------------------------------------------ auxiliary per-pixel loss

@@ -6,9 +6,7 @@ After matching queries to targets (:class:`~.matcher.HungarianMatcher`), Mask2Fo
   "no object" class K for unmatched queries, whose weight is ``eos_coef``;
 * ``loss_mask`` and ``loss_dice``: sigmoid BCE and dice losses of the matched masks, evaluated at points
   chosen by PointRend importance sampling on the predicted logits, and normalised by the number of target
-  masks in the (whole, distributed) batch. With ``dense=True`` (ours, MODEL.MASK_FORMER.DENSE_MASK_LOSS) the
-  matcher and these losses use every pixel of the predicted logits instead, against the target masks averaged
-  onto that grid once per batch (:func:`~.point_sampling.masks_on_grid`).
+  masks in the (whole, distributed) batch.
 
 With deep supervision the same losses are applied to every intermediate prediction ("aux_outputs"), each
 matched on its own, with keys suffixed ``_0``, ``_1``, ... . Video clips use the same code: a (T, H, W)
@@ -28,9 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .matcher import HungarianMatcher
-from .point_sampling import (
-    calculate_uncertainty, get_uncertain_point_coords_with_randomness, masks_on_grid, point_sample
-)
+from .point_sampling import calculate_uncertainty, get_uncertain_point_coords_with_randomness, point_sample
 
 __all__ = [
     "SetCriterion", "sigmoid_ce_loss", "dice_loss", "semantic_targets", "build_loss_weight_dict", "build_criterion"
@@ -106,7 +102,6 @@ class SetCriterion(nn.Module):
         num_points: int,
         oversample_ratio: float,
         importance_sample_ratio: float,
-        dense: bool = False,
     ):
         """
         Args:
@@ -120,8 +115,6 @@ class SetCriterion(nn.Module):
             num_points: P, points per mask for the mask losses.
             oversample_ratio: PointRend oversampling ratio k (>= 1).
             importance_sample_ratio: PointRend fraction beta of points chosen by uncertainty.
-            dense: use every pixel of the predicted masks instead of sampled points (the three point
-                arguments are then unused); the matcher must be dense too.
         """
         super().__init__()
         unknown = [name for name in losses if name not in self.LOSSES]
@@ -129,12 +122,7 @@ class SetCriterion(nn.Module):
             raise ValueError(f"SetCriterion: unknown losses {unknown}; expected a subset of {list(self.LOSSES)}")
         if num_classes < 1:
             raise ValueError(f"SetCriterion: num_classes must be >= 1, got {num_classes}")
-        if isinstance(matcher, HungarianMatcher) and matcher.dense != dense:
-            raise ValueError(
-                f"SetCriterion: dense={dense} but the matcher has dense={matcher.dense}; both must use the same "
-                "mask resolution (MODEL.MASK_FORMER.DENSE_MASK_LOSS sets both)"
-            )
-        if "masks" in losses and not dense and num_points <= 0:
+        if "masks" in losses and num_points <= 0:
             raise ValueError(
                 f"SetCriterion: num_points (MODEL.MASK_FORMER.TRAIN_NUM_POINTS) must be positive, got {num_points}"
             )
@@ -146,7 +134,6 @@ class SetCriterion(nn.Module):
         self.num_points = num_points
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
-        self.dense = dense
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = eos_coef
         self.register_buffer("empty_weight", empty_weight)
@@ -191,12 +178,6 @@ class SetCriterion(nn.Module):
             # One row per mask (image) or per frame of each instance (video).
             src_masks = src_masks.float().flatten(0, -3)[:, None]  # (R, 1, H, W)
             tgt_masks = tgt_masks.float().flatten(0, -3)[:, None]  # (R, 1, H', W')
-            if self.dense:  # the targets are on the predictions' grid (forward)
-                point_logits, point_labels = src_masks.flatten(1), tgt_masks.flatten(1)  # (R, H * W)
-                return {
-                    "loss_mask": sigmoid_ce_loss(point_logits, point_labels, num_masks),
-                    "loss_dice": dice_loss(point_logits, point_labels, num_masks),
-                }
             with torch.no_grad():
                 point_coords = get_uncertain_point_coords_with_randomness(
                     src_masks,
@@ -254,11 +235,7 @@ class SetCriterion(nn.Module):
         # Float target masks on the predictions' device once for matching and the set losses of every layer
         # (the semantic targets below read the masks as they came).
         device = outputs["pred_masks"].device
-        if self.dense:  # dense: on the predictions' grid, for the matcher and the losses of every layer
-            grid = outputs["pred_masks"].shape[-2:]
-            set_targets = [{**t, "masks": masks_on_grid(t["masks"].to(device), grid)} for t in targets]
-        else:
-            set_targets = [{**t, "masks": t["masks"].to(device=device, dtype=torch.float32)} for t in targets]
+        set_targets = [{**t, "masks": t["masks"].to(device=device, dtype=torch.float32)} for t in targets]
         last = {k: v for k, v in outputs.items() if k != "aux_outputs"}
         num_masks = self._num_masks(targets, outputs["pred_logits"].device)
 
@@ -318,15 +295,10 @@ class SetCriterion(nn.Module):
             f"weight_dict: {self.weight_dict}",
             f"num_classes: {self.num_classes}",
             f"eos_coef: {self.eos_coef}",
+            f"num_points: {self.num_points}",
+            f"oversample_ratio: {self.oversample_ratio}",
+            f"importance_sample_ratio: {self.importance_sample_ratio}",
         ]
-        if self.dense:
-            body.append("points: every pixel (dense)")
-        else:
-            body += [
-                f"num_points: {self.num_points}",
-                f"oversample_ratio: {self.oversample_ratio}",
-                f"importance_sample_ratio: {self.importance_sample_ratio}",
-            ]
         return "\n".join([head] + ["    " + line for line in body])
 
 
@@ -371,7 +343,6 @@ def build_criterion(cfg) -> SetCriterion:
         cost_mask=mf.MASK_WEIGHT,
         cost_dice=mf.DICE_WEIGHT,
         num_points=mf.TRAIN_NUM_POINTS,
-        dense=mf.DENSE_MASK_LOSS,
     )
     weight_dict = build_loss_weight_dict(
         mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT, mf.DEC_LAYERS, mf.DEEP_SUPERVISION
@@ -391,5 +362,4 @@ def build_criterion(cfg) -> SetCriterion:
         num_points=mf.TRAIN_NUM_POINTS,
         oversample_ratio=mf.OVERSAMPLE_RATIO,
         importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
-        dense=mf.DENSE_MASK_LOSS,
     )

@@ -6,8 +6,7 @@ Mask2Former matches each image's (or each video clip's) targets one-to-one to it
 
 where the mask costs are evaluated at ``num_points`` uniformly random points shared by all predictions and
 targets of the image (and by all frames of a video clip, so a video instance is matched as one
-spatio-temporal mask). With ``dense=True`` (ours) they are evaluated at every pixel of the predicted mask logits
-instead, against targets already given on that grid (:func:`~.point_sampling.masks_on_grid`).
+spatio-temporal mask).
 """
 from typing import Dict, List, Tuple
 
@@ -60,23 +59,19 @@ class HungarianMatcher(nn.Module):
     (N, H', W') or (N, T, H', W') (any resolution: both are sampled at the same normalised points).
     """
 
-    def __init__(self, cost_class: float = 1, cost_mask: float = 1, cost_dice: float = 1, num_points: int = 0,
-                 dense: bool = False):
+    def __init__(self, cost_class: float = 1, cost_mask: float = 1, cost_dice: float = 1, num_points: int = 0):
         """
         Args:
             cost_class: weight of the classification cost.
             cost_mask: weight of the sigmoid BCE mask cost.
             cost_dice: weight of the dice mask cost.
             num_points: number of random points the mask costs are computed on (the official configs use
-                MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 112 * 112); must be positive when a mask cost is used,
-                unless ``dense``.
-            dense: compute the mask costs at every pixel of the predicted masks; target masks must then have
-                the predictions' height and width (MODEL.MASK_FORMER.DENSE_MASK_LOSS).
+                MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 112 * 112); must be positive when a mask cost is used.
         """
         super().__init__()
         if cost_class == 0 and cost_mask == 0 and cost_dice == 0:
             raise ValueError("HungarianMatcher: cost_class, cost_mask and cost_dice cannot all be 0")
-        if (cost_mask != 0 or cost_dice != 0) and not dense and num_points <= 0:
+        if (cost_mask != 0 or cost_dice != 0) and num_points <= 0:
             raise ValueError(
                 "HungarianMatcher: num_points (MODEL.MASK_FORMER.TRAIN_NUM_POINTS) must be positive when "
                 f"cost_mask or cost_dice is non-zero, got {num_points}"
@@ -85,7 +80,6 @@ class HungarianMatcher(nn.Module):
         self.cost_mask = cost_mask
         self.cost_dice = cost_dice
         self.num_points = num_points
-        self.dense = dense
 
     @torch.no_grad()
     def forward(
@@ -155,25 +149,16 @@ class HungarianMatcher(nn.Module):
             if self.cost_mask != 0 or self.cost_dice != 0:
                 if masks.dim() == 3:  # images: one "frame" per mask
                     masks, tgt_masks = masks[:, None], tgt_masks[:, None]
-                if self.dense:
-                    if tgt_masks.shape[-2:] != masks.shape[-2:]:
-                        raise ValueError(
-                            f"HungarianMatcher(dense=True): target masks {tuple(tgt_masks.shape[-2:])} must have the "
-                            f"predicted masks' size {tuple(masks.shape[-2:])} (see point_sampling.masks_on_grid)"
-                        )
-                    pred_points = masks.float().flatten(1)  # (Q, T * H * W)
-                    tgt_points = tgt_masks.to(device=masks.device, dtype=torch.float32).flatten(1)
-                else:
-                    # The same points for every prediction, target and frame.
-                    coords = torch.rand(1, self.num_points, 2, device=masks.device)
-                    pred_points = point_sample(
-                        masks.float(), coords.expand(masks.shape[0], -1, -1), align_corners=False
-                    ).flatten(1)  # (Q, T * P)
-                    tgt_points = point_sample(
-                        tgt_masks.to(device=masks.device, dtype=torch.float32),
-                        coords.expand(tgt_masks.shape[0], -1, -1),
-                        align_corners=False,
-                    ).flatten(1)  # (N, T * P)
+                # The same points for every prediction, target and frame.
+                coords = torch.rand(1, self.num_points, 2, device=masks.device)
+                pred_points = point_sample(
+                    masks.float(), coords.expand(masks.shape[0], -1, -1), align_corners=False
+                ).flatten(1)  # (Q, T * P)
+                tgt_points = point_sample(
+                    tgt_masks.to(device=masks.device, dtype=torch.float32),
+                    coords.expand(tgt_masks.shape[0], -1, -1),
+                    align_corners=False,
+                ).flatten(1)  # (N, T * P)
                 cost = cost + self.cost_mask * batch_sigmoid_ce_cost(pred_points, tgt_points)
                 cost = cost + self.cost_dice * batch_dice_cost(pred_points, tgt_points)
 
@@ -185,6 +170,6 @@ class HungarianMatcher(nn.Module):
             f"cost_class: {self.cost_class}",
             f"cost_mask: {self.cost_mask}",
             f"cost_dice: {self.cost_dice}",
-            "points: every pixel (dense)" if self.dense else f"num_points: {self.num_points}",
+            f"num_points: {self.num_points}",
         ]
         return "\n".join([head] + [" " * _repr_indent + line for line in body])

@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["point_sample", "get_uncertain_point_coords_with_randomness", "calculate_uncertainty", "masks_on_grid"]
+__all__ = ["point_sample", "get_uncertain_point_coords_with_randomness", "calculate_uncertainty"]
 
 
 def point_sample(input: torch.Tensor, point_coords: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -111,25 +111,3 @@ def get_uncertain_point_coords_with_randomness(
     if num_random > 0:
         coords = torch.cat([coords, torch.rand(num_items, num_random, 2, device=device)], dim=1)
     return coords
-
-
-def masks_on_grid(masks: torch.Tensor, size) -> torch.Tensor:
-    """Masks averaged onto a coarser grid: the fraction of each grid cell's pixels that lie inside the mask.
-
-    The dense alternative to sampled points (ours, MODEL.MASK_FORMER.DENSE_MASK_LOSS): the mask logits (1/4 of
-    the input) are compared with these values at every logit. When H and W are multiples of h and w (training
-    masks are padded to the size divisibility), cell (i, j) covers exactly the image area of logit (i, j).
-
-    Args:
-        masks: (..., H, W) masks, bool or float in [0, 1].
-        size: (h, w) of the grid.
-
-    Returns:
-        (..., h, w) float32 in [0, 1].
-    """
-    size = tuple(int(v) for v in size)
-    lead = masks.shape[:-2]
-    flat = masks.reshape(-1, 1, *masks.shape[-2:]).to(torch.float32)
-    if flat.shape[0] == 0:
-        return flat.new_zeros(*lead, *size)
-    return F.adaptive_avg_pool2d(flat, size).reshape(*lead, *size)
