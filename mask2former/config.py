@@ -80,9 +80,6 @@ def add_maskformer2_config(cfg):
     mf.TRAIN_NUM_POINTS = 112 * 112
     mf.OVERSAMPLE_RATIO = 3.0
     mf.IMPORTANCE_SAMPLE_RATIO = 0.75
-    # Ours (not in the official code): points per target drawn in its bounding box (widened by a quarter of its
-    # size on every side), added to the mask losses' and the matcher's points (0 = off, as official).
-    mf.TRAIN_NUM_BOX_POINTS = 0
 
     mf.TEST = CN()
     mf.TEST.SEMANTIC_ON = True

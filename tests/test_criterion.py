@@ -18,8 +18,6 @@ from mask2former.modeling.criterion import (
 )
 from mask2former.modeling.matcher import HungarianMatcher, batch_dice_cost, batch_sigmoid_ce_cost
 from mask2former.modeling.point_sampling import (
-    BOX_POINTS_MARGIN,
-    box_point_coords,
     calculate_uncertainty,
     get_uncertain_point_coords_with_randomness,
     point_sample,
@@ -159,51 +157,6 @@ def _bce(x, t):
 def _dice(xs, ts):
     ps = [1 / (1 + math.exp(-x)) for x in xs]
     return 1 - (2 * sum(p * t for p, t in zip(ps, ts)) + 1) / (sum(ps) + sum(ts) + 1)
-
-
-def test_box_points_lie_in_widened_boxes():
-    masks = torch.zeros(3, 40, 60)
-    masks[0, 10:14, 20:30] = 1  # box x [20, 30), y [10, 14) in pixels
-    masks[1, 0:5, 55:60] = 1  # touches the top-right corner: the widened box is clipped to the image
-    coords = box_point_coords(masks, 2000)  # mask 2 is empty: points anywhere
-    assert coords.shape == (3, 2000, 2)
-    size = torch.tensor([60.0, 40.0])
-    lo, hi = coords.amin(1) * size, coords.amax(1) * size
-    m = BOX_POINTS_MARGIN
-    torch.testing.assert_close(lo[0], torch.tensor([20 - 10 * m, 10 - 4 * m]), atol=0.1, rtol=0)
-    torch.testing.assert_close(hi[0], torch.tensor([30 + 10 * m, 14 + 4 * m]), atol=0.1, rtol=0)
-    assert lo[1, 0] > 55 - 5 * m - 0.1 and hi[1, 0] <= 60 and lo[1, 1] >= 0 and hi[1, 1] < 5 + 5 * m + 0.1
-    assert (lo[2] < size * 0.02).all() and (hi[2] > size * 0.98).all()
-    # the share of points on the object is its share of the widened box
-    inside = point_sample(masks[:, None], coords, align_corners=False)[:, 0].round()
-    assert inside[0].mean() == pytest.approx(40 / ((10 * (1 + 2 * m)) * (4 * (1 + 2 * m))), abs=0.05)
-    with pytest.raises(ValueError, match="num_points"):
-        box_point_coords(masks, 0)
-
-
-def test_box_points_reach_the_losses_and_the_matcher():
-    torch.manual_seed(0)
-    tiny = torch.zeros(1, 64, 64)
-    tiny[0, 30:32, 40:42] = 1  # 4 px of 4096: uniform points rarely hit it
-    targets = [{"labels": torch.tensor([1]), "masks": tiny}]
-    outputs = {"pred_logits": torch.zeros(1, 3, 5), "pred_masks": torch.full((1, 3, 16, 16), -5.0)}
-    for box_points in (0, 64):
-        criterion = SetCriterion(4, FixedMatcher([([0], [0])]), {}, 0.1, ["masks"], num_points=16,
-                                 oversample_ratio=3.0, importance_sample_ratio=0.75, num_box_points=box_points)
-        losses = [criterion(outputs, targets)["loss_dice"].item() for _ in range(20)]
-        # dice of an empty prediction against a target with foreground points is about 1 - 1/(t + 1)
-        if box_points:
-            assert min(losses) > 0.9
-        else:
-            assert sum(loss < 0.6 for loss in losses) > 10  # mostly no point on the target: dice near 0
-    matcher = HungarianMatcher(cost_class=0, cost_mask=0, cost_dice=1, num_points=16, num_box_points=32)
-    assert "num_box_points: 32" in repr(matcher)
-    good = torch.full((1, 2, 64, 64), -10.0)
-    good[0, 1, 30:32, 40:42] = 10.0  # query 1 predicts the tiny target, query 0 nothing
-    for _ in range(5):
-        assert matcher({"pred_logits": torch.zeros(1, 2, 5), "pred_masks": good}, targets)[0][0].tolist() == [1]
-    with pytest.raises(ValueError, match="TRAIN_NUM_BOX_POINTS"):
-        HungarianMatcher(cost_class=1, cost_mask=1, cost_dice=1, num_points=8, num_box_points=-1)
 
 
 def test_hand_computed_costs_and_losses():

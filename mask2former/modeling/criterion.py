@@ -5,8 +5,7 @@ After matching queries to targets (:class:`~.matcher.HungarianMatcher`), Mask2Fo
 * ``loss_ce``: cross-entropy over K + 1 classes for every query, the target being the matched label or the
   "no object" class K for unmatched queries, whose weight is ``eos_coef``;
 * ``loss_mask`` and ``loss_dice``: sigmoid BCE and dice losses of the matched masks, evaluated at points
-  chosen by PointRend importance sampling on the predicted logits (plus, ours and optional, M points in each
-  target's widened box: MODEL.MASK_FORMER.TRAIN_NUM_BOX_POINTS), and normalised by the number of target
+  chosen by PointRend importance sampling on the predicted logits, and normalised by the number of target
   masks in the (whole, distributed) batch.
 
 With deep supervision the same losses are applied to every intermediate prediction ("aux_outputs"), each
@@ -27,9 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .matcher import HungarianMatcher
-from .point_sampling import (
-    box_point_coords, calculate_uncertainty, get_uncertain_point_coords_with_randomness, point_sample
-)
+from .point_sampling import calculate_uncertainty, get_uncertain_point_coords_with_randomness, point_sample
 
 __all__ = [
     "SetCriterion", "sigmoid_ce_loss", "dice_loss", "semantic_targets", "build_loss_weight_dict", "build_criterion"
@@ -105,7 +102,6 @@ class SetCriterion(nn.Module):
         num_points: int,
         oversample_ratio: float,
         importance_sample_ratio: float,
-        num_box_points: int = 0,
     ):
         """
         Args:
@@ -119,8 +115,6 @@ class SetCriterion(nn.Module):
             num_points: P, points per mask for the mask losses.
             oversample_ratio: PointRend oversampling ratio k (>= 1).
             importance_sample_ratio: PointRend fraction beta of points chosen by uncertainty.
-            num_box_points: ours; M more points per mask for the mask losses, drawn in the target's widened
-                bounding box (:func:`~.point_sampling.box_point_coords`); 0 = off, as official.
         """
         super().__init__()
         unknown = [name for name in losses if name not in self.LOSSES]
@@ -137,13 +131,7 @@ class SetCriterion(nn.Module):
         self.weight_dict = weight_dict
         self.eos_coef = eos_coef
         self.losses = list(losses)
-        if num_box_points < 0:
-            raise ValueError(
-                "SetCriterion: num_box_points (MODEL.MASK_FORMER.TRAIN_NUM_BOX_POINTS) must be >= 0 (0 = off), "
-                f"got {num_box_points}"
-            )
         self.num_points = num_points
-        self.num_box_points = num_box_points
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
         empty_weight = torch.ones(num_classes + 1)
@@ -198,9 +186,6 @@ class SetCriterion(nn.Module):
                     self.oversample_ratio,
                     self.importance_sample_ratio,
                 )
-                if self.num_box_points > 0:
-                    box_coords = box_point_coords(tgt_masks[:, 0], self.num_box_points)
-                    point_coords = torch.cat([point_coords, box_coords], dim=1)  # (R, P + M, 2)
                 point_labels = point_sample(tgt_masks, point_coords, align_corners=False).squeeze(1)
             point_logits = point_sample(src_masks, point_coords, align_corners=False).squeeze(1)  # (R, P)
             return {
@@ -358,7 +343,6 @@ def build_criterion(cfg) -> SetCriterion:
         cost_mask=mf.MASK_WEIGHT,
         cost_dice=mf.DICE_WEIGHT,
         num_points=mf.TRAIN_NUM_POINTS,
-        num_box_points=mf.TRAIN_NUM_BOX_POINTS,
     )
     weight_dict = build_loss_weight_dict(
         mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT, mf.DEC_LAYERS, mf.DEEP_SUPERVISION
@@ -378,5 +362,4 @@ def build_criterion(cfg) -> SetCriterion:
         num_points=mf.TRAIN_NUM_POINTS,
         oversample_ratio=mf.OVERSAMPLE_RATIO,
         importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
-        num_box_points=mf.TRAIN_NUM_BOX_POINTS,
     )

@@ -6,8 +6,7 @@ Mask2Former matches each image's (or each video clip's) targets one-to-one to it
 
 where the mask costs are evaluated at ``num_points`` uniformly random points shared by all predictions and
 targets of the image (and by all frames of a video clip, so a video instance is matched as one
-spatio-temporal mask). Optionally (ours, ``num_box_points`` > 0) each target adds that many points drawn in
-its widened bounding box to the shared set, so that small targets are seen by the mask costs.
+spatio-temporal mask).
 """
 from typing import Dict, List, Tuple
 
@@ -15,7 +14,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from .point_sampling import box_point_coords, point_sample
+from .point_sampling import point_sample
 from .sigmoid_ops import sigmoid_bce_terms
 
 __all__ = ["HungarianMatcher", "batch_sigmoid_ce_cost", "batch_dice_cost"]
@@ -60,10 +59,7 @@ class HungarianMatcher(nn.Module):
     (N, H', W') or (N, T, H', W') (any resolution: both are sampled at the same normalised points).
     """
 
-    def __init__(
-        self, cost_class: float = 1, cost_mask: float = 1, cost_dice: float = 1, num_points: int = 0,
-        num_box_points: int = 0,
-    ):
+    def __init__(self, cost_class: float = 1, cost_mask: float = 1, cost_dice: float = 1, num_points: int = 0):
         """
         Args:
             cost_class: weight of the classification cost.
@@ -71,8 +67,6 @@ class HungarianMatcher(nn.Module):
             cost_dice: weight of the dice mask cost.
             num_points: number of random points the mask costs are computed on (the official configs use
                 MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 112 * 112); must be positive when a mask cost is used.
-            num_box_points: ours (MODEL.MASK_FORMER.TRAIN_NUM_BOX_POINTS); every target adds this many points
-                in its widened bounding box (over all frames of a clip) to the shared points; 0 = off.
         """
         super().__init__()
         if cost_class == 0 and cost_mask == 0 and cost_dice == 0:
@@ -85,13 +79,7 @@ class HungarianMatcher(nn.Module):
         self.cost_class = cost_class
         self.cost_mask = cost_mask
         self.cost_dice = cost_dice
-        if num_box_points < 0:
-            raise ValueError(
-                "HungarianMatcher: num_box_points (MODEL.MASK_FORMER.TRAIN_NUM_BOX_POINTS) must be >= 0 (0 = off), "
-                f"got {num_box_points}"
-            )
         self.num_points = num_points
-        self.num_box_points = num_box_points
 
     @torch.no_grad()
     def forward(
@@ -163,9 +151,6 @@ class HungarianMatcher(nn.Module):
                     masks, tgt_masks = masks[:, None], tgt_masks[:, None]
                 # The same points for every prediction, target and frame.
                 coords = torch.rand(1, self.num_points, 2, device=masks.device)
-                if self.num_box_points > 0:
-                    boxes = box_point_coords(tgt_masks.to(masks.device).amax(1), self.num_box_points)  # (N, M, 2)
-                    coords = torch.cat([coords, boxes.reshape(1, -1, 2)], dim=1)
                 pred_points = point_sample(
                     masks.float(), coords.expand(masks.shape[0], -1, -1), align_corners=False
                 ).flatten(1)  # (Q, T * P)
@@ -187,6 +172,4 @@ class HungarianMatcher(nn.Module):
             f"cost_dice: {self.cost_dice}",
             f"num_points: {self.num_points}",
         ]
-        if self.num_box_points:
-            body.append(f"num_box_points: {self.num_box_points}")
         return "\n".join([head] + [" " * _repr_indent + line for line in body])

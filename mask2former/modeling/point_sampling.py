@@ -9,14 +9,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = [
-    "point_sample", "get_uncertain_point_coords_with_randomness", "calculate_uncertainty", "box_point_coords",
-    "BOX_POINTS_MARGIN",
-]
-
-# Box points are drawn in each mask's bounding box widened by this fraction of its width (height) on either
-# side, so that they cover the object and the background around it.
-BOX_POINTS_MARGIN = 0.25
+__all__ = ["point_sample", "get_uncertain_point_coords_with_randomness", "calculate_uncertainty"]
 
 
 def point_sample(input: torch.Tensor, point_coords: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -118,40 +111,3 @@ def get_uncertain_point_coords_with_randomness(
     if num_random > 0:
         coords = torch.cat([coords, torch.rand(num_items, num_random, 2, device=device)], dim=1)
     return coords
-
-
-def box_point_coords(masks: torch.Tensor, num_points: int) -> torch.Tensor:
-    """Uniformly random points in each mask's bounding box, widened by ``BOX_POINTS_MARGIN`` on every side.
-
-    Ours (MODEL.MASK_FORMER.TRAIN_NUM_BOX_POINTS): uniform and uncertainty-chosen points over a whole crop
-    rarely land on an object of a few pixels, so its mask loss has almost no foreground term; points in its
-    box give every target some points on and around it, whatever its size. The box is clipped to the image;
-    an empty mask gets points over the whole image.
-
-    Args:
-        masks: (R, H, W) target masks (non-zero = foreground).
-        num_points: M, points per mask.
-
-    Returns:
-        (R, M, 2) point coordinates ``(x, y)`` in ``[0, 1]`` (the convention of :func:`point_sample`).
-    """
-    if masks.dim() != 3:
-        raise ValueError(f"box_point_coords: masks must be (R, H, W), got shape {tuple(masks.shape)}")
-    if num_points <= 0:
-        raise ValueError(f"box_point_coords: num_points must be positive, got {num_points}")
-    fg = masks != 0
-    height, width = fg.shape[-2:]
-    lo, hi = [], []
-    for axis, size in ((-2, width), (-1, height)):  # x from the columns, y from the rows
-        present = fg.any(dim=axis).float()  # (R, size)
-        first = present.argmax(dim=1)
-        last = size - 1 - present.flip(1).argmax(dim=1)
-        empty = present.sum(dim=1) == 0
-        start = torch.where(empty, 0, first).float() / size
-        end = torch.where(empty, size - 1, last).float().add(1) / size
-        margin = (end - start) * BOX_POINTS_MARGIN
-        lo.append((start - margin).clamp(min=0.0))
-        hi.append((end + margin).clamp(max=1.0))
-    lo, hi = torch.stack(lo, dim=-1), torch.stack(hi, dim=-1)  # (R, 2) as (x, y)
-    u = torch.rand(masks.shape[0], num_points, 2, device=masks.device)
-    return lo[:, None] + u * (hi - lo)[:, None]
