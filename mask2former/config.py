@@ -91,6 +91,12 @@ def add_maskformer2_config(cfg):
     # Ours (not in the official code): instance inference keeps the top TEST.DETECTIONS_PER_IMAGE
     # predictions and, in addition, drops those scoring below this threshold (0 keeps all).
     mf.TEST.INSTANCE_SCORE_THRESH = 0.0
+    # Ours: per-class mask non-maximum suppression of the instance predictions: a detection is dropped if its
+    # mask IoU with a higher-scoring one of the same class exceeds this (1.0 = no suppression, as official).
+    mf.TEST.INSTANCE_NMS_THRESH = 1.0
+    # Ours: test-time augmentation also merges instance predictions (the union over all augmented inputs),
+    # de-duplicated by per-class mask NMS at this IoU (detectron2's TTA merges boxes with NMS at 0.5).
+    cfg.TEST.AUG.INSTANCE_NMS_THRESH = 0.5
 
     head = cfg.MODEL.SEM_SEG_HEAD
     head.MASK_DIM = 256

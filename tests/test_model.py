@@ -11,7 +11,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
 from mask2former import add_maskformer2_config, add_maskformer2_video_config
-from mask2former.modeling.postprocessing import instance_inference, masks_to_boxes
+from mask2former.modeling.postprocessing import instance_inference, mask_nms, masks_to_boxes
 
 
 def tiny_cfg(**overrides):
@@ -101,6 +101,23 @@ def test_inference_output_sizes(model):
     assert len(inst) == 30
 
 
+def test_instance_nms_threshold_from_config():
+    torch.manual_seed(0)
+    nms = build_model(tiny_cfg(**{"MODEL.MASK_FORMER.TEST.INSTANCE_NMS_THRESH": 0.5})).eval()
+    assert nms.instance_nms_threshold == 0.5
+    image = torch.randint(0, 255, (3, 50, 70), dtype=torch.uint8)
+    with torch.no_grad():
+        inst = nms([{"image": image}])[0]["instances"]
+    # what is left has no two masks of one class overlapping by more than the threshold
+    for c in inst.pred_classes.unique():
+        masks = inst.pred_masks[inst.pred_classes == c].flatten(1).float()
+        inter = masks @ masks.T
+        iou = inter / (masks.sum(1)[:, None] + masks.sum(1)[None] - inter).clamp(min=1)
+        assert (iou.fill_diagonal_(0) <= 0.5).all()
+    with pytest.raises(ValueError, match="INSTANCE_NMS_THRESH"):
+        build_model(tiny_cfg(**{"MODEL.MASK_FORMER.TEST.INSTANCE_NMS_THRESH": 1.5}))
+
+
 def test_instance_inference_topk_threshold_and_boxes():
     torch.manual_seed(0)
     mask_cls = torch.randn(3, 5)  # 3 queries, 4 classes + no-object
@@ -127,6 +144,43 @@ def test_instance_inference_topk_threshold_and_boxes():
     # Only thing classes survive with thing_ids.
     rth = instance_inference(mask_cls, mask_pred, topk=12, thing_ids=[1, 3])
     assert set(rth.pred_classes.tolist()) <= {1, 3} and len(rth) == 6
+
+
+def test_mask_nms_is_greedy_within_each_class():
+    masks = torch.zeros(6, 10, 10, dtype=torch.bool)
+    masks[0, 0:5, 0:5] = True  # A: class 0, best score
+    masks[1, 0:5, 0:4] = True  # B: IoU 0.8 with A, class 0 -> suppressed
+    masks[2, 0:5, 0:4] = True  # C: B's mask but class 1 -> kept
+    masks[3, 0:5, 3:8] = True  # D: IoU 0.25 with A, 0.43 with B; kept (B is gone, and below 0.5 anyway)
+    masks[4, 0:5, 0:5] = True  # E: A's mask, class 0, lower score -> suppressed
+    # masks[5] empty: overlaps nothing, kept
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    labels = torch.tensor([0, 0, 1, 0, 0, 0])
+    assert mask_nms(masks, scores, labels, 0.5).tolist() == [0, 2, 3, 5]
+    assert mask_nms(masks, scores, labels, 0.2).tolist() == [0, 2, 5]  # D (IoU 0.25 with A) goes too
+    assert mask_nms(masks, scores, labels, 1.0).tolist() == [0, 1, 2, 3, 4, 5]
+    # the order of the input does not matter, the result is by score
+    perm = torch.tensor([5, 3, 1, 0, 4, 2])
+    assert perm[mask_nms(masks[perm], scores[perm], labels[perm], 0.5)].tolist() == [0, 2, 3, 5]
+    with pytest.raises(ValueError, match="iou_threshold"):
+        mask_nms(masks, scores, labels, 1.5)
+    with pytest.raises(ValueError, match="expected masks"):
+        mask_nms(masks[0], scores, labels, 0.5)
+
+
+def test_instance_inference_nms_drops_duplicate_queries():
+    mask_cls = torch.tensor([[4.0, 0.0, 0.0], [3.0, 0.0, 0.0], [0.0, 4.0, 0.0]])  # 2 classes + no-object
+    mask_pred = torch.full((3, 20, 30), -10.0)
+    mask_pred[0, 2:10, 3:9] = 10.0
+    mask_pred[1, 2:10, 3:10] = 10.0  # query 1 repeats query 0 (IoU 48/56)
+    mask_pred[2, 2:10, 3:9] = 10.0  # query 2: the same mask, but another class
+    every = instance_inference(mask_cls, mask_pred, topk=6)
+    assert len(every) == 6  # 3 queries x 2 classes
+    kept = instance_inference(mask_cls, mask_pred, topk=6, nms_threshold=0.5)
+    # one detection per (class, object) is left: the best-scoring query of each class
+    assert sorted(kept.pred_classes.tolist()) == [0, 1]
+    best = {c: every.scores[every.pred_classes == c].max() for c in (0, 1)}
+    assert all(s == best[c] for s, c in zip(kept.scores, kept.pred_classes.tolist()))
 
 
 def test_masks_to_boxes():

@@ -22,13 +22,14 @@ from detectron2.engine import default_argument_parser
 from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, DatasetEvaluators, SemSegEvaluator
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.postprocessing import sem_seg_postprocess
-from detectron2.structures import ImageList
+from detectron2.structures import ImageList, Instances
 
 from mask2former import add_maskformer2_config, add_maskformer2_video_config
 from mask2former.engine import (
     MaskFormerAMPTrainer,
     MaskFormerSimpleTrainer,
     MaskFormerTrainer,
+    MaskFormerWithTTA,
     SemanticSegmentorWithTTA,
     launch,
 )
@@ -460,6 +461,52 @@ def test_tta_averages_scales_at_original_size():
         (out,) = tta([{"image": image, "height": h, "width": w}])
         assert out["sem_seg"].shape == (1, h, w)
         torch.testing.assert_close(out["sem_seg"], torch.full((1, h, w), (12 + 24 + 48) / 3))
+
+
+class _BlobModel(nn.Module):
+    """Instances: the bright pixels of the (augmented) input, at (height, width), scored by the input's height;
+    plus, per input, a detection of another class at a spot that depends on the input size."""
+
+    def forward(self, inputs):
+        outputs = []
+        for x in inputs:
+            size = (x["height"], x["width"])
+            bright = (x["image"][0] > 128).float()[None, None]
+            mask = F.interpolate(bright, size=size, mode="nearest")[0, 0] > 0.5
+            spot = torch.zeros(size, dtype=torch.bool)
+            row = x["image"].shape[1] % size[0]
+            spot[row, :3] = True
+            inst = Instances(size)
+            inst.pred_masks = torch.stack([mask, spot])
+            inst.scores = torch.tensor([x["image"].shape[1] / 100.0, 0.1])
+            inst.pred_classes = torch.tensor([0, 1])
+            outputs.append({"instances": inst})
+        return outputs
+
+
+def test_tta_merges_instances_by_mask_nms():
+    h, w = 24, 40
+    image = torch.zeros(3, h, w, dtype=torch.uint8)
+    image[0, 4:12, 2:14] = 255  # an object in the left half: not flip-symmetric
+    cfg = _tta_cfg((24, 48), flip=True)
+    (out,) = MaskFormerWithTTA(cfg, _BlobModel())([{"image": image, "height": h, "width": w}])
+    inst = out["instances"]
+    assert inst.image_size == (h, w)
+    # the object, seen 4 times (2 sizes x flip), flips undone: one detection, the best-scoring (size 48)
+    objects = inst.pred_classes == 0
+    assert objects.sum() == 1 and inst.scores[objects].item() == pytest.approx(0.48)
+    torch.testing.assert_close(inst.pred_masks[objects][0], image[0] > 128)
+    assert inst.pred_boxes.tensor[objects].tolist() == [[2.0, 4.0, 14.0, 12.0]]
+    # the class-1 spots at rows 0 (size 24) and 0 (size 48: 48 % 24), left and (flipped back) right: 2 distinct
+    assert (inst.pred_classes == 1).sum() == 2
+    assert inst.scores.tolist() == sorted(inst.scores.tolist(), reverse=True)
+    # at most TEST.DETECTIONS_PER_IMAGE, the best ones
+    cfg.TEST.DETECTIONS_PER_IMAGE = 1
+    (out,) = MaskFormerWithTTA(cfg, _BlobModel())([{"image": image, "height": h, "width": w}])
+    assert out["instances"].pred_classes.tolist() == [0]
+    cfg.TEST.AUG.INSTANCE_NMS_THRESH = 1.5
+    with pytest.raises(ValueError, match="INSTANCE_NMS_THRESH"):
+        MaskFormerWithTTA(cfg, _BlobModel())
 
 
 def test_tta_rejects_wrong_output_size():

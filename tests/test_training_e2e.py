@@ -36,6 +36,7 @@ def tiny_cfg(output_dir, **overrides):
         "SOLVER.WARMUP_ITERS": 10, "SOLVER.CHECKPOINT_PERIOD": 100000, "TEST.EVAL_PERIOD": 0,
         "INPUT.MIN_SIZE_TRAIN": "(96,)", "INPUT.MAX_SIZE_TRAIN": 160, "INPUT.CROP.SIZE": "(96, 96)",
         "INPUT.SIZE_DIVISIBILITY": 96, "INPUT.MIN_SIZE_TEST": 96, "INPUT.MAX_SIZE_TEST": 160,
+        "TEST.AUG.MIN_SIZES": "(96, 128)", "TEST.AUG.MAX_SIZE": 160,
         "MODEL.SEM_SEG_HEAD.CONVS_DIM": 32, "MODEL.SEM_SEG_HEAD.MASK_DIM": 32,
         "MODEL.MASK_FORMER.HIDDEN_DIM": 32, "MODEL.MASK_FORMER.DIM_FEEDFORWARD": 64,
         "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": 12, "MODEL.MASK_FORMER.TRAIN_NUM_POINTS": 256,
@@ -68,6 +69,10 @@ def test_fp32_training_lowers_the_loss_and_evaluates_all_tasks(data_root, tmp_pa
     # The final evaluation: PQ, mask AP and mIoU from the one model, in the results and in metrics.json.
     assert {"panoptic_seg", "segm", "sem_seg"} <= set(results)
     assert any("panoptic_seg/PQ" in r and "segm/AP" in r and "sem_seg/mIoU" in r for r in rows)
+    # The config's test-time augmentation (TEST.AUG) evaluates instances and semantics again (into
+    # metrics.json); panoptic outputs are not augmented.
+    assert any("segm_TTA/AP" in r and "sem_seg_TTA/mIoU" in r for r in rows)
+    assert not any(key.startswith("panoptic_seg_TTA") for r in rows for key in r)
 
 
 def test_amp_bf16_training_runs_and_lowers_the_loss(data_root, tmp_path):

@@ -2,7 +2,7 @@
 from .launch import launch
 from .solver import WarmupPolyLR, build_lr_scheduler, build_optimizer, get_param_groups
 from .trainer import MaskFormerAMPTrainer, MaskFormerSimpleTrainer, MaskFormerTrainer, check_losses_finite
-from .tta import SemanticSegmentorWithTTA
+from .tta import MaskFormerWithTTA, SemanticSegmentorWithTTA
 
 __all__ = [
     "launch",
@@ -14,5 +14,6 @@ __all__ = [
     "MaskFormerSimpleTrainer",
     "MaskFormerTrainer",
     "check_losses_finite",
+    "MaskFormerWithTTA",
     "SemanticSegmentorWithTTA",
 ]

@@ -38,7 +38,7 @@ from detectron2.utils.events import EventStorage, JSONWriter, TensorboardXWriter
 from detectron2.utils.logger import setup_logger
 
 from .solver import build_lr_scheduler, build_optimizer
-from .tta import SemanticSegmentorWithTTA
+from .tta import MaskFormerWithTTA
 
 __all__ = [
     "MaskFormerTrainer",
@@ -338,19 +338,23 @@ class MaskFormerTrainer(DefaultTrainer):
     @classmethod
     def test_with_TTA(cls, cfg, model):
         """
-        Evaluate ``model`` with semantic test-time augmentation (``TEST.AUG``) on the semantic
-        evaluators of ``DATASETS.TEST``; result keys get a "_TTA" suffix.
+        Evaluate ``model`` with test-time augmentation (``TEST.AUG``) on the semantic and instance evaluators
+        of ``DATASETS.TEST`` (those that ``MODEL.MASK_FORMER.TEST.SEMANTIC_ON`` / ``INSTANCE_ON`` ask for;
+        panoptic outputs are not augmented); result keys get a "_TTA" suffix.
         """
-        logging.getLogger("mask2former").info("Running inference with test-time augmentation ...")
-        tta_model = SemanticSegmentorWithTTA(cfg, model)
-        semantic_cfg = cfg.clone()  # the TTA model outputs sem_seg only
-        semantic_cfg.defrost()
-        semantic_cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = True
-        semantic_cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False
-        semantic_cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False
-        semantic_cfg.freeze()
+        test = cfg.MODEL.MASK_FORMER.TEST
+        tasks = [name for name, on in (("semantic", test.SEMANTIC_ON), ("instance", test.INSTANCE_ON)) if on]
+        logging.getLogger("mask2former").info(
+            f"Running inference with test-time augmentation ({' and '.join(tasks) or 'no'} outputs; sizes "
+            f"{tuple(cfg.TEST.AUG.MIN_SIZES)}, flip {cfg.TEST.AUG.FLIP}) ..."
+        )
+        tta_model = MaskFormerWithTTA(cfg, model)
+        tta_cfg = cfg.clone()  # the TTA model outputs sem_seg and instances only
+        tta_cfg.defrost()
+        tta_cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False
+        tta_cfg.freeze()
         evaluators = [
-            cls.build_evaluator(semantic_cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA"))
+            cls.build_evaluator(tta_cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA"))
             for name in cfg.DATASETS.TEST
         ]
         results = cls.test(cfg, tta_model, evaluators)

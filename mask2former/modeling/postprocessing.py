@@ -79,13 +79,15 @@ def masks_to_boxes(masks):
     return Boxes(boxes)
 
 
-def instance_inference(mask_cls, mask_pred, *, topk, thing_ids=None, score_threshold=0.0):
+def instance_inference(mask_cls, mask_pred, *, topk, thing_ids=None, score_threshold=0.0, nms_threshold=1.0):
     """Every (query, class) pair is a candidate; keep the ``topk`` highest class probabilities.
 
     Args:
         topk: number of detections to keep (clamped to queries x classes).
         thing_ids: if given, candidates of other (stuff) classes are dropped after the top-k.
         score_threshold: drop detections whose final score is below this.
+        nms_threshold: ours; drop a detection whose mask IoU with a higher-scoring one of the same class
+            exceeds this (:func:`mask_nms`); 1.0 (the default) keeps all, as official.
     Returns:
         Instances with pred_masks (N, H, W) bool, pred_boxes (boxes of the masks), scores (class probability
         x mean mask probability inside the mask), pred_classes.
@@ -108,6 +110,9 @@ def instance_inference(mask_cls, mask_pred, *, topk, thing_ids=None, score_thres
     if score_threshold > 0:
         keep = final_scores >= score_threshold
         masks, final_scores, labels_per_image = masks[keep], final_scores[keep], labels_per_image[keep]
+    if nms_threshold < 1.0:
+        keep = mask_nms(masks, final_scores, labels_per_image, nms_threshold)
+        masks, final_scores, labels_per_image = masks[keep], final_scores[keep], labels_per_image[keep]
 
     result = Instances(tuple(mask_pred.shape[-2:]))
     result.pred_masks = masks.bool()
@@ -115,3 +120,42 @@ def instance_inference(mask_cls, mask_pred, *, topk, thing_ids=None, score_thres
     result.scores = final_scores
     result.pred_classes = labels_per_image
     return result
+
+
+def mask_nms(masks: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Greedy non-maximum suppression by mask IoU, within each class.
+
+    In score order, a detection is dropped if its mask overlaps a kept detection of the same class with an IoU
+    above ``iou_threshold``. Empty masks overlap nothing and are kept.
+
+    Args:
+        masks: (N, H, W) binary masks (bool or 0/1).
+        scores: (N,) detection scores.
+        labels: (N,) class indices.
+        iou_threshold: in [0, 1].
+
+    Returns:
+        (M,) int64 indices of the kept detections, highest score first.
+    """
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ValueError(f"mask_nms: iou_threshold must lie in [0, 1], got {iou_threshold}")
+    if masks.dim() != 3 or scores.shape != masks.shape[:1] or labels.shape != masks.shape[:1]:
+        raise ValueError(
+            f"mask_nms: expected masks (N, H, W) with (N,) scores and labels, got {tuple(masks.shape)}, "
+            f"{tuple(scores.shape)} and {tuple(labels.shape)}"
+        )
+    order = scores.argsort(descending=True)
+    keep = torch.zeros(masks.shape[0], dtype=torch.bool, device=masks.device)
+    for label in labels.unique():
+        idx = order[labels[order] == label]  # this class, highest score first
+        flat = masks[idx].flatten(1).float()
+        inter = flat @ flat.T
+        area = flat.sum(1)
+        iou = inter / (area[:, None] + area[None, :] - inter).clamp(min=1.0)
+        suppressed = torch.zeros(len(idx), dtype=torch.bool, device=masks.device)
+        for i in range(len(idx)):
+            if suppressed[i]:
+                continue
+            keep[idx[i]] = True
+            suppressed |= iou[i] > iou_threshold
+    return order[keep[order]]

@@ -42,7 +42,7 @@ class MaskFormer(nn.Module):
                  object_mask_threshold: float, overlap_threshold: float, metadata, size_divisibility: int,
                  sem_seg_postprocess_before_inference: bool, pixel_mean: Tuple[float], pixel_std: Tuple[float],
                  semantic_on: bool, panoptic_on: bool, instance_on: bool, test_topk_per_image: int,
-                 instance_score_threshold: float = 0.0):
+                 instance_score_threshold: float = 0.0, instance_nms_threshold: float = 1.0):
         super().__init__()
         # Channels-last convolutions: the ResNet-18 forward of a shapes-world batch takes 47 instead of 71 ms on a
         # CPU (docs/PERFORMANCE.md). Only the layout changes; preprocess_image hands the backbone the same layout.
@@ -62,6 +62,10 @@ class MaskFormer(nn.Module):
         self.instance_on = instance_on
         self.test_topk_per_image = test_topk_per_image
         self.instance_score_threshold = instance_score_threshold
+        if not 0.0 <= instance_nms_threshold <= 1.0:
+            raise ValueError("MODEL.MASK_FORMER.TEST.INSTANCE_NMS_THRESH must lie in [0, 1] (1 = no suppression), "
+                             f"got {instance_nms_threshold}")
+        self.instance_nms_threshold = instance_nms_threshold
         if panoptic_on and not hasattr(metadata, "thing_dataset_id_to_contiguous_id"):
             raise ValueError(
                 "MODEL.MASK_FORMER.TEST.PANOPTIC_ON needs the dataset metadata "
@@ -91,6 +95,7 @@ class MaskFormer(nn.Module):
             "panoptic_on": test.PANOPTIC_ON,
             "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "instance_score_threshold": test.get("INSTANCE_SCORE_THRESH", 0.0),
+            "instance_nms_threshold": test.get("INSTANCE_NMS_THRESH", 1.0),
         }
 
     @property
@@ -154,7 +159,7 @@ class MaskFormer(nn.Module):
             result["instances"] = retry_if_cuda_oom(instance_inference)(
                 mask_cls, mask_pred, topk=self.test_topk_per_image,
                 thing_ids=self.thing_ids if self.panoptic_on else None,
-                score_threshold=self.instance_score_threshold)
+                score_threshold=self.instance_score_threshold, nms_threshold=self.instance_nms_threshold)
         return result
 
     def prepare_targets(self, targets, images):
