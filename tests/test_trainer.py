@@ -509,6 +509,14 @@ def test_tta_merges_instances_by_mask_nms():
         MaskFormerWithTTA(cfg, _BlobModel())
 
 
+def test_tta_refuses_video_datasets():
+    MetadataCatalog.get("tta_fake_video_val").set(evaluator_type="ytvis")
+    cfg = _tta_cfg((8,), flip=False)
+    cfg.DATASETS.TEST = ("tta_fake_video_val",)
+    with pytest.raises(ValueError, match="TEST.AUG.ENABLED False"):
+        MaskFormerTrainer.test_with_TTA(cfg, _ScaleModel())
+
+
 def test_tta_rejects_wrong_output_size():
     class _Wrong(nn.Module):
         def forward(self, inputs):

@@ -342,6 +342,12 @@ class MaskFormerTrainer(DefaultTrainer):
         of ``DATASETS.TEST`` (those that ``MODEL.MASK_FORMER.TEST.SEMANTIC_ON`` / ``INSTANCE_ON`` ask for;
         panoptic outputs are not augmented); result keys get a "_TTA" suffix.
         """
+        video = [name for name in cfg.DATASETS.TEST if cls._is_video_dataset(name)]
+        if video:
+            raise ValueError(
+                f"TEST.AUG.ENABLED: test-time augmentation works on images, but DATASETS.TEST has video datasets "
+                f"{video}; set TEST.AUG.ENABLED False"
+            )
         test = cfg.MODEL.MASK_FORMER.TEST
         tasks = [name for name, on in (("semantic", test.SEMANTIC_ON), ("instance", test.INSTANCE_ON)) if on]
         logging.getLogger("mask2former").info(
