@@ -5,7 +5,8 @@
 
 Left: total loss and the final layer's class / mask / dice losses, and the auxiliary per-pixel class loss
 where the config has one (smoothed with a running median).
-Right: PQ, mask AP and mIoU at every evaluation.
+Right: PQ, mask AP and mIoU at every evaluation, and the mask AP with test-time augmentation where the run
+evaluated it (once, after training).
 """
 import argparse
 import json
@@ -17,7 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 LOSSES = ("total_loss", "loss_ce", "loss_mask", "loss_dice", "loss_aux_sem_seg")  # those present
-METRICS = (("panoptic_seg/PQ", "PQ"), ("segm/AP", "mask AP"), ("sem_seg/mIoU", "mIoU"))
+METRICS = (("panoptic_seg/PQ", "PQ"), ("segm/AP", "mask AP"), ("sem_seg/mIoU", "mIoU"),
+           ("segm_TTA/AP", "mask AP, test-time augmentation"))
 
 
 def read_metrics(path):
