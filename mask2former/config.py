@@ -94,9 +94,10 @@ def add_maskformer2_config(cfg):
     # Ours: per-class mask non-maximum suppression of the instance predictions: a detection is dropped if its
     # mask IoU with a higher-scoring one of the same class exceeds this (1.0 = no suppression, as official).
     mf.TEST.INSTANCE_NMS_THRESH = 1.0
-    # Ours: test-time augmentation also merges instance predictions (the union over all augmented inputs),
-    # de-duplicated by per-class mask NMS at this IoU (detectron2's TTA merges boxes with NMS at 0.5).
-    cfg.TEST.AUG.INSTANCE_NMS_THRESH = 0.5
+    # Ours: test-time augmentation also predicts instances: the queries of all augmented inputs are grouped
+    # into objects, at most one per augmented input, whose binary masks overlap by more than this IoU, and
+    # averaged (mask2former/engine/tta.py, fuse_query_predictions).
+    cfg.TEST.AUG.INSTANCE_GROUP_IOU = 0.5
 
     head = cfg.MODEL.SEM_SEG_HEAD
     head.MASK_DIM = 256

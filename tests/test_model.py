@@ -101,6 +101,27 @@ def test_inference_output_sizes(model):
     assert len(inst) == 30
 
 
+def test_predict_queries_and_inference_single_by_task(model):
+    image = torch.randint(0, 255, (3, 50, 70), dtype=torch.uint8)
+    inputs = [{"image": image, "height": 100, "width": 140}]
+    with torch.no_grad():
+        out = model(inputs)[0]
+        (q,) = model.predict_queries(inputs)
+        # the raw predictions at the padded input size (divisible by 32), before any post-processing
+        assert q["pred_logits"].shape == (6, 6) and q["pred_masks"].shape == (6, 64, 96)
+        assert q["image_size"] == (50, 70)
+        args = (q["pred_logits"], q["pred_masks"], q["image_size"], 100, 140)
+        semantic = model.inference_single(*args, tasks=("semantic",))
+        instance = model.inference_single(*args, tasks=["instance"])
+        assert set(semantic) == {"sem_seg"} and set(instance) == {"instances"}
+        assert set(model.inference_single(*args)) == {"sem_seg", "instances"}  # the TEST.*_ON switches
+    torch.testing.assert_close(semantic["sem_seg"], out["sem_seg"])
+    torch.testing.assert_close(instance["instances"].scores, out["instances"].scores)
+    assert torch.equal(instance["instances"].pred_masks, out["instances"].pred_masks)
+    with pytest.raises(ValueError, match="unknown tasks \\['semantics'\\]"):
+        model.inference_single(*args, tasks=("semantics",))
+
+
 def test_instance_nms_threshold_from_config():
     torch.manual_seed(0)
     nms = build_model(tiny_cfg(**{"MODEL.MASK_FORMER.TEST.INSTANCE_NMS_THRESH": 0.5})).eval()

@@ -33,6 +33,8 @@ from mask2former.engine import (
     SemanticSegmentorWithTTA,
     launch,
 )
+from mask2former.engine.tta import fuse_query_predictions
+from mask2former.modeling.postprocessing import instance_inference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -47,7 +49,10 @@ COLORS = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200]], dtype=np.uint8)
 
 @META_ARCH_REGISTRY.register()
 class TrainerTestTinySegmentor(nn.Module):
-    """Per-pixel classifier: conv + GroupNorm "backbone", a 1x1 conv predictor."""
+    """Per-pixel classifier: conv + GroupNorm "backbone", a 1x1 conv predictor. For test-time augmentation it
+    has MaskFormer's inference interface, one "query" per class: its mask logits are the class's pixel logits."""
+
+    semantic_on, instance_on = True, False
 
     def __init__(self, cfg):
         super().__init__()
@@ -58,12 +63,16 @@ class TrainerTestTinySegmentor(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1), False)
         self.seen_files = []  # training images, in order
 
-    def forward(self, batched_inputs):
+    def logits(self, batched_inputs):
         device = self.pixel_mean.device
         images = [(x["image"].to(device).float() - self.pixel_mean) / self.pixel_std for x in batched_inputs]
         images = ImageList.from_tensors(images, 1)
-        logits = self.predictor(self.backbone(images.tensor) + self.level_embed.view(1, -1, 1, 1))
+        return self.predictor(self.backbone(images.tensor) + self.level_embed.view(1, -1, 1, 1)), images
+
+    def forward(self, batched_inputs):
         if self.training:
+            logits, _ = self.logits(batched_inputs)
+            device = logits.device
             self.seen_files += [x["file_name"] for x in batched_inputs]
             targets = [x["sem_seg"].to(device) for x in batched_inputs]
             targets = ImageList.from_tensors(targets, 1, pad_value=255).tensor.long()
@@ -71,10 +80,17 @@ class TrainerTestTinySegmentor(nn.Module):
                 "loss_ce": F.cross_entropy(logits, targets, ignore_index=255),
                 "loss_embed": 1e-3 * self.level_embed.pow(2).sum(),
             }
-        return [
-            {"sem_seg": sem_seg_postprocess(r.softmax(0), size, x["height"], x["width"])}
-            for r, size, x in zip(logits, images.image_sizes, batched_inputs)
-        ]
+        return [self.inference_single(q["pred_logits"], q["pred_masks"], q["image_size"], x["height"], x["width"])
+                for q, x in zip(self.predict_queries(batched_inputs), batched_inputs)]
+
+    def predict_queries(self, batched_inputs):
+        logits, images = self.logits(batched_inputs)
+        num_classes = logits.shape[1]
+        return [{"pred_logits": torch.eye(num_classes, num_classes + 1), "pred_masks": r, "image_size": size}
+                for r, size in zip(logits, images.image_sizes)]
+
+    def inference_single(self, mask_cls, mask_pred, image_size, height, width, tasks=None):
+        return {"sem_seg": sem_seg_postprocess(mask_pred.softmax(0), image_size, height, width)}
 
 
 class TinyTrainer(MaskFormerTrainer):
@@ -409,28 +425,47 @@ def test_check_weights_calls_the_weights_module(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- test-time augmentation
-class _EchoModel(nn.Module):
-    """sem_seg = the input image resized to (height, width): flipping the input flips the output."""
+class _QueryModel(nn.Module):
+    """MaskFormer's inference interface with query predictions made up from the input by ``queries(x)``:
+    (mask_cls (Q, K+1), mask_pred (Q, h, w) at the input size). Semantic output: the mask logits brought to
+    the output size; instances: :func:`instance_inference` of the queries (top 10, NMS 0.5)."""
 
-    def __init__(self):
+    def __init__(self, queries, semantic_on=True, instance_on=False):
         super().__init__()
+        self.queries, self.semantic_on, self.instance_on = queries, semantic_on, instance_on
         self.calls = []
 
-    def forward(self, inputs):
+    def predict_queries(self, inputs):
         self.calls.append(len(inputs))
-        return [{"sem_seg": F.interpolate(x["image"][None].float(), size=(x["height"], x["width"]),
-                                          mode="bilinear", align_corners=False)[0]} for x in inputs]
+        out = []
+        for x in inputs:
+            mask_cls, mask_pred = self.queries(x)
+            out.append({"pred_logits": mask_cls, "pred_masks": mask_pred, "image_size": tuple(x["image"].shape[1:])})
+        return out
+
+    def inference_single(self, mask_cls, mask_pred, image_size, height, width, tasks):
+        mask_pred = sem_seg_postprocess(mask_pred, image_size, height, width)
+        out = {}
+        if "semantic" in tasks:
+            out["sem_seg"] = mask_pred
+        if "instance" in tasks:
+            out["instances"] = instance_inference(mask_cls, mask_pred, topk=10, nms_threshold=0.5)
+        return out
 
 
-class _ScaleModel(nn.Module):
-    """sem_seg filled with the height of the (augmented) input image."""
+def _echo(x):
+    """One query per channel, its mask logits the channel: flipping the input flips the output."""
+    return torch.zeros(3, 2), x["image"].float()
 
-    def forward(self, inputs):
-        return [{"sem_seg": torch.full((1, x["height"], x["width"]), float(x["image"].shape[1]))} for x in inputs]
+
+def _scale(x):
+    """One query whose mask logits are the height of the (augmented) input image."""
+    return torch.zeros(1, 2), torch.full((1, *x["image"].shape[1:]), float(x["image"].shape[1]))
 
 
 def _tta_cfg(min_sizes, flip):
     cfg = get_cfg()
+    add_maskformer2_config(cfg)
     cfg.TEST.AUG.MIN_SIZES = min_sizes
     cfg.TEST.AUG.MAX_SIZE = 1000
     cfg.TEST.AUG.FLIP = flip
@@ -443,7 +478,7 @@ def test_tta_flips_predictions_back():
     image[0] = torch.arange(w, dtype=torch.uint8).view(1, w) * 5  # horizontal ramp: not flip-symmetric
     image[1] = torch.arange(h, dtype=torch.uint8).view(h, 1) * 7
     image[2] = torch.randint(0, 256, (h, w), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    model = _EchoModel()
+    model = _QueryModel(_echo)
     tta = SemanticSegmentorWithTTA(_tta_cfg((h,), flip=True), model)
     (out,) = tta([{"image": image, "height": h, "width": w}])
     # original scale + its flip; both give back the image once the flip is undone
@@ -457,56 +492,115 @@ def test_tta_averages_scales_at_original_size():
     h, w = 24, 40
     image = torch.zeros(3, h, w, dtype=torch.uint8)
     for flip in (False, True):
-        tta = SemanticSegmentorWithTTA(_tta_cfg((12, 24, 48), flip=flip), _ScaleModel(), batch_size=4)
+        model = _QueryModel(_scale)
+        tta = SemanticSegmentorWithTTA(_tta_cfg((12, 24, 48), flip=flip), model, batch_size=4)
         (out,) = tta([{"image": image, "height": h, "width": w}])
         assert out["sem_seg"].shape == (1, h, w)
         torch.testing.assert_close(out["sem_seg"], torch.full((1, h, w), (12 + 24 + 48) / 3))
+        assert model.calls == ([4, 2] if flip else [3])
 
 
-class _BlobModel(nn.Module):
-    """Instances: the bright pixels of the (augmented) input, at (height, width), scored by the input's height;
-    plus, per input, a detection of another class at a spot that depends on the input size."""
-
-    def forward(self, inputs):
-        outputs = []
-        for x in inputs:
-            size = (x["height"], x["width"])
-            bright = (x["image"][0] > 128).float()[None, None]
-            mask = F.interpolate(bright, size=size, mode="nearest")[0, 0] > 0.5
-            spot = torch.zeros(size, dtype=torch.bool)
-            row = x["image"].shape[1] % size[0]
-            spot[row, :3] = True
-            inst = Instances(size)
-            inst.pred_masks = torch.stack([mask, spot])
-            inst.scores = torch.tensor([x["image"].shape[1] / 100.0, 0.1])
-            inst.pred_classes = torch.tensor([0, 1])
-            outputs.append({"instances": inst})
-        return outputs
+def _class_logits(probs):
+    """(Q, K+1) logits whose softmax is ``probs``."""
+    return torch.tensor(probs).log()
 
 
-def test_tta_merges_instances_by_mask_nms():
+def test_fuse_query_predictions_groups_and_averages():
+    big = torch.full((6, 8), -10.0)
+    big[1:5, 1:5] = 10.0  # 16 px
+    shifted = torch.full((6, 8), -10.0)
+    shifted[1:5, 2:6] = 10.0  # IoU 12 / 20 = 0.6 with big
+    spot = torch.full((6, 8), -10.0)
+    spot[5, 6:8] = 10.0
+    # pass 0: the object (class 0, sure); pass 1: the object shifted (class 0 less sure) and a spot (class 1)
+    mask_cls = torch.stack([_class_logits([[0.9, 0.05, 0.05], [0.1, 0.1, 0.8]]),
+                            _class_logits([[0.6, 0.3, 0.1], [0.1, 0.7, 0.2]])])
+    mask_pred = torch.stack([torch.stack([big, torch.full((6, 8), -10.0)]), torch.stack([shifted, spot])])
+    fused_cls, fused_masks = fuse_query_predictions(mask_cls, mask_pred, iou_threshold=0.5)
+    probs = fused_cls.softmax(-1)
+    # groups in score order: the object (both passes), the spot (pass 1 only), the empty query (pass 0 only)
+    assert fused_cls.shape == (3, 3) and fused_masks.shape == (3, 6, 8)
+    torch.testing.assert_close(probs[0], torch.tensor([0.75, 0.175, 0.075]))
+    torch.testing.assert_close(fused_masks[0].sigmoid(), (big.sigmoid() + shifted.sigmoid()) / 2)
+    # seen by one of two passes: half its probability, the other pass votes "no object"
+    torch.testing.assert_close(probs[1], torch.tensor([0.05, 0.35, 0.6]))
+    torch.testing.assert_close(fused_masks[1].sigmoid(), spot.sigmoid())
+    torch.testing.assert_close(probs[2], torch.tensor([0.05, 0.05, 0.9]))
+    # above the IoU of the shifted copy, the two stay apart
+    fused_cls, _ = fuse_query_predictions(mask_cls, mask_pred, iou_threshold=0.6)
+    assert len(fused_cls) == 4
+    torch.testing.assert_close(fused_cls.softmax(-1)[0], torch.tensor([0.45, 0.025, 0.525]))
+
+
+def test_fuse_query_predictions_takes_one_query_per_augmentation():
+    obj = torch.full((4, 4), -10.0)
+    obj[:2, :2] = 10.0
+    near = obj.clone()
+    near[2, 0] = 10.0  # IoU 0.8 with obj
+    # pass 0: the object twice (the copy scores lower); pass 1: the object slightly larger
+    mask_cls = torch.stack([_class_logits([[0.8, 0.2], [0.7, 0.3]]), _class_logits([[0.6, 0.4], [0.01, 0.99]])])
+    mask_pred = torch.stack([torch.stack([obj, obj]), torch.stack([near, torch.full((4, 4), -10.0)])])
+    fused_cls, fused_masks = fuse_query_predictions(mask_cls, mask_pred, iou_threshold=0.5)
+    probs = fused_cls.softmax(-1)
+    # the best query takes the pass-1 object; its same-pass copy is not merged into it but stays alone
+    assert len(probs) == 3
+    torch.testing.assert_close(probs[:2, 0], torch.tensor([0.7, 0.35]))
+    torch.testing.assert_close(fused_masks[1].sigmoid(), obj.sigmoid())
+
+
+def test_fuse_query_predictions_rejects_bad_input():
+    with pytest.raises(ValueError, match="iou_threshold"):
+        fuse_query_predictions(torch.zeros(2, 3, 4), torch.zeros(2, 3, 5, 5), iou_threshold=1.0)
+    with pytest.raises(ValueError, match="\\(P, Q, H, W\\)"):
+        fuse_query_predictions(torch.zeros(2, 3, 4), torch.zeros(2, 4, 5, 5), iou_threshold=0.5)
+
+
+def _blobs(x):
+    """Query 0: the bright pixels of the (augmented) input as class 0, surer at larger inputs; query 1: a
+    class-1 spot in the top-left corner of the input (of the flipped image when flipped); query 2: nothing."""
+    h, w = x["image"].shape[1:]
+    bright = torch.where(x["image"][0] > 128, 10.0, -10.0)
+    spot = torch.full((h, w), -10.0)
+    spot[: h // 6, : w // 10] = 10.0
+    p = h / 100.0
+    mask_cls = _class_logits([[p, 0.0, 1 - p], [0.0, 0.5, 0.5], [0.0, 0.0, 1.0]])
+    return mask_cls, torch.stack([bright, spot, torch.full((h, w), -10.0)])
+
+
+def test_tta_fuses_instance_queries():
     h, w = 24, 40
     image = torch.zeros(3, h, w, dtype=torch.uint8)
     image[0, 4:12, 2:14] = 255  # an object in the left half: not flip-symmetric
     cfg = _tta_cfg((24, 48), flip=True)
-    (out,) = MaskFormerWithTTA(cfg, _BlobModel())([{"image": image, "height": h, "width": w}])
+    model = _QueryModel(_blobs, semantic_on=False, instance_on=True)
+    (out,) = MaskFormerWithTTA(cfg, model)([{"image": image, "height": h, "width": w}])
+    assert set(out) == {"instances"}
     inst = out["instances"]
     assert inst.image_size == (h, w)
-    # the object, seen 4 times (2 sizes x flip), flips undone: one detection, the best-scoring (size 48)
-    objects = inst.pred_classes == 0
-    assert objects.sum() == 1 and inst.scores[objects].item() == pytest.approx(0.48)
+    # the top 10 (query, class) pairs include some of probability 0: the others are these
+    found = inst.scores > 1e-3
+    # the object, seen 4 times (2 sizes x flip), flips undone: one detection with the mean class probability
+    objects = found & (inst.pred_classes == 0)
+    assert objects.sum() == 1 and inst.scores[objects].item() == pytest.approx((0.24 + 0.48) / 2, rel=1e-4)
     torch.testing.assert_close(inst.pred_masks[objects][0], image[0] > 128)
     assert inst.pred_boxes.tensor[objects].tolist() == [[2.0, 4.0, 14.0, 12.0]]
-    # the class-1 spots at rows 0 (size 24) and 0 (size 48: 48 % 24), left and (flipped back) right: 2 distinct
-    assert (inst.pred_classes == 1).sum() == 2
+    # the class-1 spots, left and (flipped back) right: two objects, each seen by 2 of the 4 passes
+    spots = found & (inst.pred_classes == 1)
+    assert found.sum() == 3
+    assert spots.sum() == 2 and inst.scores[spots].tolist() == pytest.approx([0.25, 0.25], rel=1e-4)
     assert inst.scores.tolist() == sorted(inst.scores.tolist(), reverse=True)
-    # at most TEST.DETECTIONS_PER_IMAGE, the best ones
-    cfg.TEST.DETECTIONS_PER_IMAGE = 1
-    (out,) = MaskFormerWithTTA(cfg, _BlobModel())([{"image": image, "height": h, "width": w}])
-    assert out["instances"].pred_classes.tolist() == [0]
-    cfg.TEST.AUG.INSTANCE_NMS_THRESH = 1.5
-    with pytest.raises(ValueError, match="INSTANCE_NMS_THRESH"):
-        MaskFormerWithTTA(cfg, _BlobModel())
+
+
+def test_tta_checks_its_settings_and_the_model():
+    cfg = _tta_cfg((24,), flip=False)
+    cfg.TEST.AUG.INSTANCE_GROUP_IOU = 1.0
+    with pytest.raises(ValueError, match="INSTANCE_GROUP_IOU"):
+        MaskFormerWithTTA(cfg, _QueryModel(_blobs))
+    with pytest.raises(ValueError, match="predict_queries"):
+        MaskFormerWithTTA(_tta_cfg((24,), flip=False), nn.Identity())
+    tta = MaskFormerWithTTA(_tta_cfg((24,), flip=False), _QueryModel(_blobs, semantic_on=False))
+    with pytest.raises(ValueError, match="SEMANTIC_ON or INSTANCE_ON"):
+        tta([{"image": torch.zeros(3, 24, 40, dtype=torch.uint8), "height": 24, "width": 40}])
 
 
 def test_tta_refuses_video_datasets():
@@ -514,14 +608,14 @@ def test_tta_refuses_video_datasets():
     cfg = _tta_cfg((8,), flip=False)
     cfg.DATASETS.TEST = ("tta_fake_video_val",)
     with pytest.raises(ValueError, match="TEST.AUG.ENABLED False"):
-        MaskFormerTrainer.test_with_TTA(cfg, _ScaleModel())
+        MaskFormerTrainer.test_with_TTA(cfg, _QueryModel(_scale))
 
 
 def test_tta_rejects_wrong_output_size():
-    class _Wrong(nn.Module):
-        def forward(self, inputs):
-            return [{"sem_seg": torch.zeros(1, 5, 5)} for _ in inputs]
+    class _Wrong(_QueryModel):
+        def inference_single(self, mask_cls, mask_pred, image_size, height, width, tasks):
+            return {"sem_seg": torch.zeros(1, 5, 5)}
 
-    tta = SemanticSegmentorWithTTA(_tta_cfg((8,), flip=False), _Wrong())
+    tta = SemanticSegmentorWithTTA(_tta_cfg((8,), flip=False), _Wrong(_scale))
     with pytest.raises(ValueError, match="expected \\(K, 10, 12\\)"):
         tta([{"image": torch.zeros(3, 10, 12, dtype=torch.uint8), "height": 10, "width": 12}])

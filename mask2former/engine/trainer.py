@@ -355,15 +355,18 @@ class MaskFormerTrainer(DefaultTrainer):
             f"{tuple(cfg.TEST.AUG.MIN_SIZES)}, flip {cfg.TEST.AUG.FLIP}) ..."
         )
         tta_model = MaskFormerWithTTA(cfg, model)
-        tta_cfg = cfg.clone()  # the TTA model outputs sem_seg and instances only
+        tta_cfg = cfg.clone()
         tta_cfg.defrost()
-        tta_cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False
+        tta_cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False  # the TTA model outputs sem_seg and instances only
+        # The test loader hands over the original images (detectron2: MIN_SIZE_TEST 0 = no resize); the TTA
+        # mapper resizes each one once to every TEST.AUG size instead of resizing the MIN_SIZE_TEST image again.
+        tta_cfg.INPUT.MIN_SIZE_TEST = 0
         tta_cfg.freeze()
         evaluators = [
             cls.build_evaluator(tta_cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA"))
             for name in cfg.DATASETS.TEST
         ]
-        results = cls.test(cfg, tta_model, evaluators)
+        results = cls.test(tta_cfg, tta_model, evaluators)
         return OrderedDict((k + "_TTA", v) for k, v in results.items())
 
     @staticmethod

@@ -116,46 +116,64 @@ class MaskFormer(nn.Module):
         return channels_last(ImageList.from_tensors(images, self.size_divisibility))
 
     def forward(self, batched_inputs):
+        if not self.training:
+            return [
+                self.inference_single(q["pred_logits"], q["pred_masks"], q["image_size"],
+                                      x.get("height", q["image_size"][0]), x.get("width", q["image_size"][1]))
+                for q, x in zip(self.predict_queries(batched_inputs), batched_inputs)
+            ]
+        if "instances" not in batched_inputs[0]:
+            raise ValueError("training inputs need 'instances' (gt_classes, gt_masks); check the dataset "
+                             "mapper (INPUT.DATASET_MAPPER_NAME)")
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
-        outputs = self.sem_seg_head(features)
+        outputs = self.sem_seg_head(self.backbone(images.tensor))
+        targets = self.prepare_targets([x["instances"].to(self.device) for x in batched_inputs], images)
+        losses = self.criterion(outputs, targets)
+        weights = self.criterion.weight_dict
+        return {k: v * weights[k] for k, v in losses.items() if k in weights}
 
-        if self.training:
-            if "instances" not in batched_inputs[0]:
-                raise ValueError("training inputs need 'instances' (gt_classes, gt_masks); check the dataset "
-                                 "mapper (INPUT.DATASET_MAPPER_NAME)")
-            targets = self.prepare_targets([x["instances"].to(self.device) for x in batched_inputs], images)
-            losses = self.criterion(outputs, targets)
-            weights = self.criterion.weight_dict
-            return {k: v * weights[k] for k, v in losses.items() if k in weights}
+    def predict_queries(self, batched_inputs):
+        """The decoder's final query predictions, before any post-processing.
 
-        mask_cls_results = outputs["pred_logits"]
+        Returns:
+            per image a dict with "pred_logits" (Q, K+1) class logits, "pred_masks" (Q, H', W') mask logits
+            upsampled to the padded batch size (H', W'), and "image_size" (h, w) of the unpadded input in it.
+        """
+        images = self.preprocess_image(batched_inputs)
+        outputs = self.sem_seg_head(self.backbone(images.tensor))
         mask_pred_results = F.interpolate(outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear",
                                           align_corners=False)
-        del outputs
-        return [
-            self.inference_single(mask_cls, mask_pred, image_size, x.get("height", image_size[0]),
-                                  x.get("width", image_size[1]))
-            for mask_cls, mask_pred, x, image_size in zip(
-                mask_cls_results, mask_pred_results, batched_inputs, images.image_sizes)
-        ]
+        return [{"pred_logits": mask_cls, "pred_masks": mask_pred, "image_size": image_size}
+                for mask_cls, mask_pred, image_size in zip(outputs["pred_logits"], mask_pred_results,
+                                                           images.image_sizes)]
 
-    def inference_single(self, mask_cls, mask_pred, image_size, height, width):
-        """Post-process one image: mask_cls (Q, K+1), mask_pred (Q, H', W') at the padded input size."""
+    def inference_single(self, mask_cls, mask_pred, image_size, height, width, tasks=None):
+        """Post-process one image: mask_cls (Q, K+1), mask_pred (Q, H', W') at the padded input size.
+
+        ``tasks``: the outputs to compute, a subset of ("semantic", "panoptic", "instance"); by default those
+        that MODEL.MASK_FORMER.TEST.{SEMANTIC,PANOPTIC,INSTANCE}_ON enable.
+        """
+        if tasks is None:
+            tasks = [t for t, on in (("semantic", self.semantic_on), ("panoptic", self.panoptic_on),
+                                     ("instance", self.instance_on)) if on]
+        unknown = set(tasks) - {"semantic", "panoptic", "instance"}
+        if unknown:
+            raise ValueError(f"inference_single: unknown tasks {sorted(unknown)}; choose from 'semantic', "
+                             "'panoptic', 'instance'")
         result = {}
         if self.sem_seg_postprocess_before_inference:
             mask_pred = retry_if_cuda_oom(sem_seg_postprocess)(mask_pred, image_size, height, width)
             mask_cls = mask_cls.to(mask_pred)
-        if self.semantic_on:
+        if "semantic" in tasks:
             r = retry_if_cuda_oom(semantic_inference)(mask_cls, mask_pred)
             if not self.sem_seg_postprocess_before_inference:
                 r = retry_if_cuda_oom(sem_seg_postprocess)(r, image_size, height, width)
             result["sem_seg"] = r
-        if self.panoptic_on:
+        if "panoptic" in tasks:
             result["panoptic_seg"] = retry_if_cuda_oom(panoptic_inference)(
                 mask_cls, mask_pred, thing_ids=self.thing_ids, object_mask_threshold=self.object_mask_threshold,
                 overlap_threshold=self.overlap_threshold)
-        if self.instance_on:
+        if "instance" in tasks:
             result["instances"] = retry_if_cuda_oom(instance_inference)(
                 mask_cls, mask_pred, topk=self.test_topk_per_image,
                 thing_ids=self.thing_ids if self.panoptic_on else None,
