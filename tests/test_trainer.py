@@ -22,7 +22,7 @@ from detectron2.engine import default_argument_parser
 from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, DatasetEvaluators, SemSegEvaluator
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.postprocessing import sem_seg_postprocess
-from detectron2.structures import ImageList, Instances
+from detectron2.structures import ImageList
 
 from mask2former import add_maskformer2_config, add_maskformer2_video_config
 from mask2former.engine import (
