@@ -201,27 +201,32 @@ def main():
             return
         fail("check", f"detectron2 {version} is installed but >= 0.6 is required; uninstall it or pass --force")
 
+    # Temporary folders made here are removed when done, also on failure; a --workdir of the user's is kept.
     workdir = args.workdir or tempfile.mkdtemp(prefix="d2-install-")
-    os.makedirs(workdir, exist_ok=True)
-    sdist = download(workdir)
-    build = tempfile.mkdtemp(prefix="d2-src-")
-    with tarfile.open(sdist) as tar:
-        tar.extractall(build, filter="data")
-    src = os.path.join(build, f"{PACKAGE}-{VERSION}")
-    apply_patches(src)
-    if args.wheel_dir:
-        cmd = [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q", "-w",
-               args.wheel_dir, src]
+    temporary = [] if args.workdir else [workdir]
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        sdist = download(workdir)
+        build = tempfile.mkdtemp(prefix="d2-src-")
+        temporary.append(build)
+        with tarfile.open(sdist) as tar:
+            tar.extractall(build, filter="data")
+        src = os.path.join(build, f"{PACKAGE}-{VERSION}")
+        apply_patches(src)
+        if args.wheel_dir:
+            cmd = [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q", "-w",
+                   args.wheel_dir, src]
+            if subprocess.run(cmd).returncode != 0:
+                fail("pip wheel", " ".join(cmd))
+            log(f"wheel written to {args.wheel_dir}")
+            return
+        log("installing with pip (pure Python, no compiled extension)")
+        cmd = [sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-q", src]
         if subprocess.run(cmd).returncode != 0:
-            fail("pip wheel", " ".join(cmd))
-        shutil.rmtree(build, ignore_errors=True)
-        log(f"wheel written to {args.wheel_dir}")
-        return
-    log("installing with pip (pure Python, no compiled extension)")
-    cmd = [sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-q", src]
-    if subprocess.run(cmd).returncode != 0:
-        fail("pip install", " ".join(cmd))
-    shutil.rmtree(build, ignore_errors=True)
+            fail("pip install", " ".join(cmd))
+    finally:
+        for folder in temporary:
+            shutil.rmtree(folder, ignore_errors=True)
     version = installed_version()
     if not version:
         fail("import check", "detectron2 does not import after installation")
