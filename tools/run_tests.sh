@@ -14,4 +14,6 @@ echo "[tests] $free_mb MB free in $TMP"
 if [ "$free_mb" -lt 400 ]; then
     echo "[tests] warning: less than 400 MB free in $TMP; tests that save checkpoints may fail to write them" >&2
 fi
-exec "$ROOT/.venv/bin/python" -m pytest tests -q -ra "$@"
+# --tb=short: a failure shows its error line within a few lines, not after pages of library source (pass --tb=long
+# to see more).
+exec "$ROOT/.venv/bin/python" -m pytest tests -q -ra --tb=short "$@"
