@@ -11,7 +11,9 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
 from mask2former import add_maskformer2_config, add_maskformer2_video_config
-from mask2former.modeling.postprocessing import instance_inference, mask_nms, masks_to_boxes
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+
+from mask2former.modeling.postprocessing import instance_inference, mask_nms, masks_to_boxes, resize_to_output
 
 
 def tiny_cfg(**overrides):
@@ -227,6 +229,18 @@ def _batch(n=2, size=(64, 64), seed=0):
         inst.gt_classes = torch.tensor([1, 3])
         batch.append({"image": image, "instances": inst, "height": h, "width": w})
     return batch
+
+
+def test_resize_to_output_is_sem_seg_postprocess_without_the_identity_copy():
+    torch.manual_seed(0)
+    padded = torch.randn(4, 32, 40) * 30
+    # a real crop and resize: detectron2's function
+    assert torch.equal(resize_to_output(padded, (30, 37), 60, 74), sem_seg_postprocess(padded, (30, 37), 60, 74))
+    # already the unpadded image at the output size: the tensor itself, equal to what the resize would copy
+    assert resize_to_output(padded, (32, 40), 32, 40) is padded
+    assert torch.equal(sem_seg_postprocess(padded, (32, 40), 32, 40), padded)
+    # a crop alone (padding, no resize) still happens
+    assert resize_to_output(padded, (30, 37), 30, 37).shape == (4, 30, 37)
 
 
 def test_training_step_losses_and_gradients():

@@ -9,7 +9,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import DatasetMapperTTA
-from detectron2.modeling.postprocessing import sem_seg_postprocess
+
+from ..modeling.postprocessing import resize_to_output
 
 __all__ = ["MaskFormerWithTTA", "SemanticSegmentorWithTTA", "fuse_query_predictions"]
 
@@ -155,7 +156,7 @@ class MaskFormerWithTTA(nn.Module):
                     sem_seg = sem_seg.flip(dims=[2]) if flipped else sem_seg
                     sem_seg_sum = sem_seg.clone() if sem_seg_sum is None else sem_seg_sum + sem_seg
                 if instance_on:
-                    masks = sem_seg_postprocess(q["pred_masks"], q["image_size"], height, width)
+                    masks = resize_to_output(q["pred_masks"], q["image_size"], height, width)
                     mask_pred.append(masks.flip(dims=[2]) if flipped else masks)
                     mask_cls.append(q["pred_logits"].to(masks))
         result = {}

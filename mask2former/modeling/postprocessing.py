@@ -1,11 +1,21 @@
 """Turn one image's query predictions into semantic, panoptic and instance results (Mask2Former, Sec. 4.4).
 
-All functions take ``mask_cls`` (Q, K+1) class logits (the last class is "no object") and ``mask_pred``
-(Q, H, W) mask logits of one image.
+The ``*_inference`` functions take ``mask_cls`` (Q, K+1) class logits (the last class is "no object") and
+``mask_pred`` (Q, H, W) mask logits of one image.
 """
 import torch
 import torch.nn.functional as F
+from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import Boxes, Instances
+
+
+def resize_to_output(x, image_size, height, width):
+    """(C, H', W') at the padded input size -> (C, height, width): detectron2's ``sem_seg_postprocess`` (crop to
+    the unpadded ``image_size``, bilinear resize), or ``x`` itself when it already is the unpadded image at the
+    output size (the resize would copy it unchanged; test-time augmentation passes such tensors)."""
+    if tuple(x.shape[-2:]) == tuple(image_size) == (height, width):
+        return x
+    return sem_seg_postprocess(x, image_size, height, width)
 
 
 def semantic_inference(mask_cls, mask_pred):

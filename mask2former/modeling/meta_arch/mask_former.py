@@ -7,13 +7,12 @@ from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_seg_head
 from detectron2.modeling.backbone import Backbone
-from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from detectron2.utils.memory import retry_if_cuda_oom
 from torch import nn
 
 from ..criterion import build_criterion
-from ..postprocessing import instance_inference, panoptic_inference, semantic_inference
+from ..postprocessing import instance_inference, panoptic_inference, resize_to_output, semantic_inference
 
 
 def dataset_metadata(cfg):
@@ -162,12 +161,12 @@ class MaskFormer(nn.Module):
                              "'panoptic', 'instance'")
         result = {}
         if self.sem_seg_postprocess_before_inference:
-            mask_pred = retry_if_cuda_oom(sem_seg_postprocess)(mask_pred, image_size, height, width)
+            mask_pred = retry_if_cuda_oom(resize_to_output)(mask_pred, image_size, height, width)
             mask_cls = mask_cls.to(mask_pred)
         if "semantic" in tasks:
             r = retry_if_cuda_oom(semantic_inference)(mask_cls, mask_pred)
             if not self.sem_seg_postprocess_before_inference:
-                r = retry_if_cuda_oom(sem_seg_postprocess)(r, image_size, height, width)
+                r = retry_if_cuda_oom(resize_to_output)(r, image_size, height, width)
             result["sem_seg"] = r
         if "panoptic" in tasks:
             result["panoptic_seg"] = retry_if_cuda_oom(panoptic_inference)(
