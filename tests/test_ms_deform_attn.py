@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from mask2former.modeling.pixel_decoder.ms_deform_attn import MSDeformAttn, ms_deform_attn
+from mask2former.modeling.pixel_decoder.deformable_attention import MSDeformAttn
+from mask2former.ops import ms_deform_attn
 
 
 def reference_ms_deform_attn(value, spatial_shapes, sampling_locations, attention_weights):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from mask2former.modeling.meta_arch.video_clip_tracker import ClipTracker, clip_windows, iter_clips, match_queries
+from mask2former.modeling.tracking.clip_tracker import ClipTracker, clip_windows, iter_clips, match_queries
 
 from video_testing import REPO, tiny_video_cfg
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mask2former.modeling.pixel_decoder.ms_deform_attn import ms_deform_attn  # noqa: E402
+from mask2former.ops import ms_deform_attn  # noqa: E402
 
 
 def stacked_ms_deform_attn(value, spatial_shapes, sampling_locations, attention_weights):

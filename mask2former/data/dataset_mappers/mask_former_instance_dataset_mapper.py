@@ -7,7 +7,7 @@ from detectron2.structures import polygons_to_bitmask
 from .augmentation import build_mask_former_augmentations
 from .build import MAPPER_REGISTRY
 from .checks import BadDatasetItemError, check_category_id, decode_segmentation
-from .utils import MaskFormerMapperBase
+from .base import MaskFormerMapperBase
 
 __all__ = ["MaskFormerInstanceDatasetMapper", "parse_instance_annotations", "render_instance_masks"]
 

@@ -7,7 +7,7 @@ from ..datasets.loading import rgb2id
 from .augmentation import build_mask_former_augmentations
 from .build import MAPPER_REGISTRY
 from .checks import BadDatasetItemError, check_category_id, check_label_values, read_label_map, read_panoptic_rgb
-from .utils import MaskFormerMapperBase
+from .base import MaskFormerMapperBase
 
 __all__ = ["MaskFormerPanopticDatasetMapper", "parse_segments_info"]
 

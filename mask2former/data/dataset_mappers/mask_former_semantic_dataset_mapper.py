@@ -4,7 +4,7 @@ import numpy as np
 from .augmentation import build_mask_former_augmentations
 from .build import MAPPER_REGISTRY
 from .checks import check_label_values, read_label_map
-from .utils import MaskFormerMapperBase
+from .base import MaskFormerMapperBase
 
 __all__ = ["MaskFormerSemanticDatasetMapper"]
 

@@ -33,7 +33,7 @@ from .augmentation import PhotometricTransform
 from .build import MAPPER_REGISTRY
 from .checks import BadDatasetItemError, check_category_id, decode_segmentation, read_image
 from .mask_former_instance_dataset_mapper import render_instance_masks
-from .utils import MaskFormerMapperBase, _pad
+from .base import MaskFormerMapperBase, _pad
 
 __all__ = ["YTVISDatasetMapper", "build_clip_augmentations", "FrameBlendTransform", "RandomFrameBlend",
            "sample_clip_frames"]

@@ -15,7 +15,7 @@ from detectron2.structures import ImageList
 
 from ..transformer_decoder import video_mask2former_transformer_decoder  # noqa: F401  (registers the decoder)
 from .mask_former import MaskFormer
-from .video_clip_tracker import ClipTracker, iter_clips, rles_to_masks
+from ..tracking.clip_tracker import ClipTracker, iter_clips, rles_to_masks
 
 __all__ = ["VideoMaskFormer"]
 

@@ -15,7 +15,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
-from .ms_deform_attn import MSDeformAttn
+from .deformable_attention import MSDeformAttn
 
 
 class MSDeformAttnEncoderLayer(nn.Module):

@@ -7,7 +7,7 @@ from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
-from ..pixel_decoder.fpn import build_pixel_decoder
+from ..pixel_decoder.build import build_pixel_decoder
 from ..transformer_decoder.mask2former_transformer_decoder import build_transformer_decoder
 
 

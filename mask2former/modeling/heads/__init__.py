@@ -1,0 +1,1 @@
+"""Heads that sit between the backbone and the predictions: the pixel decoder plus transformer decoder."""

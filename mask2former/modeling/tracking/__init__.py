@@ -1,0 +1,1 @@
+"""Associating video instances across clips of a long video."""
