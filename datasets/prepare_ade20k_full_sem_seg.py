@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from mask2former.data.datasets.loading import require_path
-from mask2former.data.datasets.preparation import argument_parser, parallel_map
+from mask2former.data.preparation import argument_parser, parallel_map
 
 IGNORE_LABEL = 65535
 SPLITS = ("training", "validation")

@@ -21,7 +21,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 
 from mask2former.data.datasets.loading import require_path
-from mask2former.data.datasets.preparation import (
+from mask2former.data.preparation import (
     ade20k_categories,
     ade20k_image_id,
     ade20k_instance_arguments,

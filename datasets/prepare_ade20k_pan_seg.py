@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from mask2former.data.datasets.loading import id2rgb, require_path
-from mask2former.data.datasets.preparation import (
+from mask2former.data.preparation import (
     ade20k_categories,
     ade20k_image_id,
     ade20k_instance_arguments,

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from mask2former.data.datasets.loading import require_path
-from mask2former.data.datasets.preparation import argument_parser, parallel_map, write_label_png
+from mask2former.data.preparation import argument_parser, parallel_map, write_label_png
 
 
 def _convert_one(name: str, src: str, dst: str):

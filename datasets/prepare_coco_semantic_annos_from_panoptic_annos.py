@@ -20,7 +20,7 @@ from PIL import Image
 
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 from mask2former.data.datasets.loading import require_path, rgb2id
-from mask2former.data.datasets.preparation import argument_parser, parallel_map, write_label_png
+from mask2former.data.preparation import argument_parser, parallel_map, write_label_png
 
 IGNORE_LABEL = 255
 

@@ -8,7 +8,7 @@ Prepare COCO-Stuff-10k (cocostuff-10k-v1.1) for ``coco_2017_{train,test}_stuff_1
       -> coco/coco_stuff_10k/images_detectron2/{train,test}/NAME.jpg
       -> coco/coco_stuff_10k/annotations_detectron2/{train,test}/NAME.png   contiguous ids 0..170, 255 = ignore
 
-Contiguous ids are positions in ``mask2former/data/datasets/metadata/coco_stuff_171.json`` (ascending
+Contiguous ids are positions in ``mask2former/data/metadata/coco_stuff_171.json`` (ascending
 COCO-Stuff id); ids outside those 171 classes (unlabeled, and the ids COCO-Stuff does not use) become 255.
 
     python datasets/prepare_coco_stuff_10k.py [--root DIR] [--workers N]
@@ -22,7 +22,7 @@ import numpy as np
 import scipy.io
 
 from mask2former.data.datasets.loading import require_path
-from mask2former.data.datasets.preparation import argument_parser, parallel_map, write_label_png
+from mask2former.data.preparation import argument_parser, parallel_map, write_label_png
 from mask2former.data.datasets.register_coco_stuff_10k import coco_stuff_171_categories
 
 IGNORE_LABEL = 255

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 from shared_paths import REFERENCE, require
 
 require(REFERENCE)
-SHAPES_WORLD_METADATA = REPO / "mask2former/data/datasets/metadata/shapes_world.json"
+SHAPES_WORLD_METADATA = REPO / "mask2former/data/metadata/shapes_world.json"
 
 OFFICIAL = json.loads(REFERENCE.read_text())
 CONFIGS = OFFICIAL["configs"]  # "configs/<family>/.../<name>.yaml" -> facts

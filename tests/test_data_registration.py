@@ -386,7 +386,7 @@ def test_ade20k_label_map_without_image_is_a_bad_item(tmp_path, names, caplog):
 
 
 def test_ade20k_instance_mapping_file_errors(tmp_path):
-    from mask2former.data.datasets.preparation import read_ade20k_instance_mapping
+    from mask2former.data.preparation import read_ade20k_instance_mapping
 
     path = tmp_path / "m.txt"
     path.write_text("header\n1 8\n1 9\n")

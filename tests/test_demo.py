@@ -15,7 +15,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 
-from mask2former.data.datasets.shapes_world import generate_image
+from mask2former.data.synthetic.shapes_world import generate_image
 from mask2former.modeling.transformer_decoder.mask2former_transformer_decoder import attention_mask_from_masks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -20,7 +20,7 @@ from panopticapi.utils import rgb2id
 
 import mask2former  # noqa: F401  (registers the default shapes world names)
 from mask2former.data.datasets.register_shapes_world import register_shapes_world, shapes_world_metadata
-from mask2former.data.datasets.shapes_world import (
+from mask2former.data.synthetic.shapes_world import (
     MARKER_FILE,
     SHAPE_KINDS,
     ShapesWorldFolderError,

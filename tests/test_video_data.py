@@ -11,7 +11,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from mask2former.data.dataset_mappers import MAPPER_REGISTRY, BadDatasetItemError, build_dataset_mapper
 from mask2former.data.dataset_mappers.ytvis_dataset_mapper import sample_clip_frames
-from mask2former.data.datasets import shapes_world_video
+from mask2former.data.synthetic import shapes_world_video
 from mask2former.data.datasets.loading import datasets_root
 from mask2former.data.datasets.register_ytvis import register_shapes_world_video, register_ytvis_instances
 from mask2former.data.datasets.ytvis import load_ytvis_json

@@ -18,7 +18,7 @@ mkdir -p "$OUT"
 if [ $(( $# % 2 )) -ne 0 ] || [ $# -eq 0 ]; then
     echo "usage: $0 NAME \"OVERRIDES\" [NAME \"OVERRIDES\" ...]" >&2; exit 2
 fi
-"$PY" -W ignore -m mask2former.data.datasets.shapes_world --output "${DETECTRON2_DATASETS:-datasets}/shapes_world" \
+"$PY" -W ignore -m mask2former.data.synthetic.shapes_world --output "${DETECTRON2_DATASETS:-datasets}/shapes_world" \
     | tail -1
 names=()
 while [ $# -gt 0 ]; do

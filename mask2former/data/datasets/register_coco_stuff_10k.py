@@ -19,7 +19,7 @@ from .loading import datasets_root, load_sem_seg_files, read_json, register_lazy
 
 __all__ = ["COCO_STUFF_171_JSON", "coco_stuff_171_categories", "register_coco_stuff_10k"]
 
-COCO_STUFF_171_JSON = os.path.join(os.path.dirname(__file__), "metadata", "coco_stuff_171.json")
+COCO_STUFF_171_JSON = os.path.join(os.path.dirname(os.path.dirname(__file__)), "metadata", "coco_stuff_171.json")
 _PREPARE_HINT = "run `python datasets/prepare_coco_stuff_10k.py` on the unpacked cocostuff-10k-v1.1.zip."
 
 

@@ -12,7 +12,7 @@ generates nothing: the first ``DatasetCatalog.get`` of any of these names genera
 3000 + 50 images take about a minute on 2 cores, 250 MB), later calls reuse it. Evaluators that read
 annotation files in their constructor (COCOEvaluator reads ``json_file``) need the data to exist: build the
 dataset (e.g. the test loader) first, as detectron2's trainers do, or call
-:func:`~mask2former.data.datasets.shapes_world.ensure_shapes_world`.
+:func:`~mask2former.data.synthetic.shapes_world.ensure_shapes_world`.
 
 Like Mask2Former's COCO panoptic registration, ``stuff_classes`` lists all classes (things, then stuff) so
 that semantic segmentation covers every class; ``thing_classes`` lists the things only.
@@ -24,7 +24,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, load_sem_seg
 from detectron2.data.datasets.coco_panoptic import load_coco_panoptic_json
 
-from .shapes_world import (
+from ..synthetic.shapes_world import (
     DEFAULT_PARAMS,
     IGNORE_LABEL,
     LABEL_DIVISOR,

@@ -21,13 +21,13 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..dataset_mappers import ytvis_dataset_mapper  # noqa: F401  (registers the "ytvis" mapper these datasets use)
 from .loading import datasets_root, register_lazy_metadata
-from .shapes_world import shapes_world_categories
-from .shapes_world_video import DEFAULT_PARAMS, SPLITS, ensure_shapes_world_video, shapes_world_video_paths
+from ..synthetic.shapes_world import shapes_world_categories
+from ..synthetic.shapes_world_video import DEFAULT_PARAMS, SPLITS, ensure_shapes_world_video, shapes_world_video_paths
 from .ytvis import load_ytvis_json, read_ytvis_json, ytvis_categories_metadata
 
 __all__ = ["register_ytvis_instances", "register_all_ytvis", "register_shapes_world_video", "YTVIS_SPLITS"]
 
-METADATA_DIR = Path(__file__).resolve().parent / "metadata"
+METADATA_DIR = Path(__file__).resolve().parents[1] / "metadata"
 
 # name -> (frame root, annotation json), relative to the datasets root; class-list file or None
 YTVIS_SPLITS: Dict[str, Tuple[str, str]] = {

@@ -2,7 +2,7 @@
 Shapes world videos: a generated video instance segmentation dataset in the YouTube-VIS format.
 
 Each video shows the textured stuff background of shapes world (seen through a slowly panning camera) and
-2-6 thing shapes drawn with shapes world's rasteriser, textures and palette (see shapes_world.py). Every
+2-6 thing shapes drawn with shapes world's rasteriser, textures and palette (see drawing.py). Every
 shape moves along a straight line, grows or shrinks and turns; the first one enters the frame from outside,
 the second one leaves it, and when there are three or more the third crosses the second's path mid-video
 (so they overlap and one occludes the other; the drawing order is fixed per video). Annotations are the
@@ -19,7 +19,7 @@ Layout of a generated folder ``DIR``::
 
 Video ``i`` of a split depends only on (seed, split, i). The command line::
 
-    python -m mask2former.data.datasets.shapes_world_video --output datasets/shapes_world_video \\
+    python -m mask2former.data.synthetic.shapes_world_video --output datasets/shapes_world_video \\
         --num-train 100 --num-val 20
 """
 import argparse
@@ -27,9 +27,7 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -37,18 +35,10 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 
-from .shapes_world import (
-    MIN_SHAPE_SIZE,
-    MIN_VISIBLE_AREA,
-    ShapeInstance,
-    ShapesWorldFolderError,
-    degrade,
-    instance_palette,
-    paint_shape,
-    shapes_world_categories,
-    stuff_background,
-)
-from .shapes_world import _file_sizes
+from . import generated_folder
+from .drawing import MIN_SHAPE_SIZE, ShapeInstance, degrade, paint_shape, stuff_background
+from .generated_folder import GeneratedFolderError
+from .shapes_world import MIN_VISIBLE_AREA, instance_palette, shapes_world_categories
 from .shapes_world import validate_params as validate_image_params
 
 __all__ = [
@@ -65,7 +55,8 @@ logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 2  # bump whenever a change makes a given seed produce different files (2: image generator's cross fix)
 SPLITS = ("train", "val")
-MARKER_FILE = "COMPLETE.json"
+LAYOUT_ENTRIES = SPLITS + tuple(f"{s}.json" for s in SPLITS)
+ShapesWorldFolderError = GeneratedFolderError  # the name this module's callers catch
 DEFAULT_PARAMS = {"num_train": 100, "num_val": 20, "seed": 0, "min_size": 128, "max_size": 192,
                   "min_frames": 8, "max_frames": 16}
 MIN_IMAGE_SIZE = 32
@@ -248,39 +239,6 @@ def _write_split(folder: Path, split: str, params: dict) -> None:
         json.dump(data, f, separators=(",", ":"))
 
 
-def _is_complete(folder: Path, params: dict) -> bool:
-    """Whether ``folder`` holds a complete set made with ``params``. Raises ShapesWorldFolderError if it holds
-    one made with other parameters, or entries the generator did not write (it must not replace those)."""
-    if not folder.exists():
-        return False
-    if not folder.is_dir():
-        raise ShapesWorldFolderError(f"shapes world video folder {folder} (CLI --output) is a file")
-    marker = folder / MARKER_FILE
-    if marker.is_file():
-        try:
-            info = json.loads(marker.read_text())
-            recorded, files = info["params"], info["files"]
-        except (OSError, ValueError, KeyError, TypeError):
-            recorded, files = None, None
-        if isinstance(recorded, dict) and isinstance(files, dict):
-            diffs = [f"{k}: folder has {recorded.get(k)!r}, requested {v!r}" for k, v in params.items()
-                     if recorded.get(k) != v]
-            if diffs:
-                raise ShapesWorldFolderError(
-                    f"{folder} holds shapes world videos generated with other parameters ({'; '.join(diffs)}). "
-                    "Refusing to overwrite it: delete or move it, or generate elsewhere (CLI --output; "
-                    "$DETECTRON2_DATASETS for the registered datasets).")
-            if all((folder / rel).is_file() and (folder / rel).stat().st_size == size for rel, size in files.items()):
-                return True
-    known = {MARKER_FILE} | set(SPLITS) | {f"{s}.json" for s in SPLITS}
-    unknown = sorted(set(os.listdir(folder)) - known)
-    if unknown:
-        raise ShapesWorldFolderError(
-            f"{folder} is not a complete shapes world video folder and holds entries the generator did not "
-            f"write: {unknown[:5]}. Refusing to replace it: move those away or generate elsewhere.")
-    return False
-
-
 def ensure_shapes_world_video(
     folder,
     *,
@@ -300,38 +258,24 @@ def ensure_shapes_world_video(
     is renamed into place, so concurrent callers are safe.
     """
     params = validate_params(num_train, num_val, seed, min_size, max_size, min_frames, max_frames)
-    folder = Path(folder)
-    if _is_complete(folder, params):
-        return folder
     start = time.perf_counter()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir()
+
+    def write(tmp: Path) -> None:
         for split in SPLITS:
             _write_split(tmp, split, params)
-        (tmp / MARKER_FILE).write_text(json.dumps({"generator": "shapes_world_video", "params": params,
-                                                   "files": _file_sizes(tmp)}, indent=1))
-        if _is_complete(folder, params):  # another process finished meanwhile
-            return folder
-        if folder.exists():
-            shutil.rmtree(folder)
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not _is_complete(folder, params):
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    logger.info(f"Shapes world video: wrote {params['num_train']} train + {params['num_val']} val videos to "
-                f"{folder} in {time.perf_counter() - start:.1f} s")
+
+    folder, written = generated_folder.ensure_generated_folder(
+        folder, params, write, generator="shapes_world_video", what="shapes world video",
+        layout_entries=LAYOUT_ENTRIES)
+    if written:
+        logger.info(f"Shapes world video: wrote {params['num_train']} train + {params['num_val']} val videos to "
+                    f"{folder} in {time.perf_counter() - start:.1f} s")
     return folder
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Path:
     parser = argparse.ArgumentParser(
-        prog="python -m mask2former.data.datasets.shapes_world_video",
+        prog="python -m mask2former.data.synthetic.shapes_world_video",
         description="Generate the shapes world video dataset (YouTube-VIS format). An existing complete folder "
                     "with the same parameters is kept; one with other parameters is an error.")
     default_output = os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "shapes_world_video")

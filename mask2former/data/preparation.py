@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES
 
-from .loading import datasets_root, require_path
+from .datasets.loading import datasets_root, require_path
 
 __all__ = [
     "argument_parser",

@@ -26,12 +26,11 @@ whose visible area is below ``MIN_STUFF_AREA`` pixels.
 Image ``i`` of a split depends only on (seed, split, i), so a larger set extends a smaller one. With the same
 seed and the same numpy / OpenCV / pycocotools versions the files are byte-identical.
 
-Building blocks meant for reuse (e.g. by a video generator): :func:`shape_polygons`, :func:`render_shape`,
-:func:`smooth_noise`, :func:`stuff_texture`, :func:`stuff_background`, :func:`sample_shapes`,
-:func:`paint_shape`, :func:`degrade`. Scene assembly is :func:`generate_image`; files are written by
-:func:`ensure_shapes_world`, which is also the command line::
+Shapes, textures and painting come from :mod:`.drawing` (shared with the video generator); this module samples
+scenes (:func:`sample_shapes`, :func:`generate_image`) and writes them with :func:`ensure_shapes_world`, which
+keeps the folder through :mod:`.generated_folder` and is also the command line::
 
-    python -m mask2former.data.datasets.shapes_world --output datasets/shapes_world --num-train 3000 --num-val 50
+    python -m mask2former.data.synthetic.shapes_world --output datasets/shapes_world --num-train 3000 --num-val 50
 """
 import argparse
 import copy
@@ -41,18 +40,34 @@ import logging
 import math
 import multiprocessing
 import os
-import shutil
 import time
-import uuid
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 from tqdm import tqdm
+
+from . import generated_folder
+from .drawing import (  # noqa: F401  (re-exported: the generators' building blocks)
+    MIN_SHAPE_SIZE,
+    SHAPE_KINDS,
+    SMALLEST_SHAPE,
+    STUFF_TEXTURES,
+    ShapeInstance,
+    degrade,
+    paint_shape,
+    rasterize_polygons,
+    render_shape,
+    shape_area,
+    shape_polygons,
+    smooth_noise,
+    stuff_background,
+    stuff_texture,
+)
+from .generated_folder import MARKER_FILE, GeneratedFolderError
 
 logger = logging.getLogger(__name__)
 
@@ -82,26 +97,18 @@ __all__ = [
     "validate_params",
 ]
 
-METADATA_FILE = Path(__file__).resolve().parent / "metadata" / "shapes_world.json"
+METADATA_FILE = Path(__file__).resolve().parents[1] / "metadata" / "shapes_world.json"
 # bump whenever a change makes a given seed produce different files. 2: crosses were drawn as their central
 # square (a self-intersecting outline), which made them look like squares
 GENERATOR_VERSION = 2
 IGNORE_LABEL = 255
 LABEL_DIVISOR = 1000  # panoptic segment id = dataset category id * LABEL_DIVISOR + instance number
 SPLITS = ("train", "val")
-MARKER_FILE = "COMPLETE.json"
 LAYOUT_ENTRIES = ("images", "panoptic", "semantic", "annotations", MARKER_FILE)
 DEFAULT_PARAMS = {"num_train": 3000, "num_val": 50, "seed": 0, "min_size": 256, "max_size": 384}
 MIN_IMAGE_SIZE = 64
 JPEG_QUALITY = 95
 
-# Shapes. `size` is the diameter of the circle circumscribing a shape, in pixels.
-SHAPE_KINDS = ("circle", "square", "triangle", "star", "ring", "cross", "hexagon")
-SMALLEST_SHAPE = 8.0
-MIN_SHAPE_SIZE = {"circle": 8, "square": 8, "triangle": 10, "star": 12, "ring": 14, "cross": 12, "hexagon": 8}
-STAR_INNER_RATIO = 0.45
-RING_HOLE_RATIO = 0.55
-CROSS_ARM_RATIO = 0.3
 # Scene sampling.
 NUM_SHAPES_RANGE = (3, 14)
 NEAR_PLACEMENT_PROB = 0.5  # place next to an earlier shape (touching or overlapping it)
@@ -110,11 +117,9 @@ MIN_VISIBLE_AREA = 16  # every shape keeps at least this many visible pixels ...
 MIN_VISIBLE_FRACTION = 0.3  # ... and this fraction of its in-image area
 MIN_IN_IMAGE_FRACTION = 0.5  # at least half of a shape lies inside the image
 MIN_STUFF_AREA = 64  # smaller visible stuff areas are void
-NUM_STUFF_RANGE = (2, 4)
 
 
-class ShapesWorldFolderError(RuntimeError):
-    """A shapes world folder holds data that the generator must not overwrite."""
+ShapesWorldFolderError = GeneratedFolderError  # the name this module's callers catch
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -173,256 +178,8 @@ def _metadata_fingerprint() -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Shapes
-# ----------------------------------------------------------------------------------------------------------
-def _ring_points(n: int, radius: float, phase: float = 0.0) -> np.ndarray:
-    t = phase + 2 * np.pi * np.arange(n) / n
-    return radius * np.stack([np.cos(t), np.sin(t)], axis=1)
-
-
-def _local_polygons(kind: str, r: float) -> Tuple[List[np.ndarray], List[np.ndarray]]:
-    """Outer polygons and holes of a shape of radius ``r`` centred at the origin, unrotated."""
-    num_circle = int(np.clip(round(np.pi * r / 1.5), 12, 96))  # vertices about 3 px apart
-    if kind == "circle":
-        return [_ring_points(num_circle, r)], []
-    if kind == "ring":
-        return [_ring_points(num_circle, r)], [_ring_points(num_circle, r * RING_HOLE_RATIO)]
-    if kind == "square":
-        return [_ring_points(4, r, np.pi / 4)], []
-    if kind == "triangle":
-        return [_ring_points(3, r, -np.pi / 2)], []
-    if kind == "hexagon":
-        return [_ring_points(6, r)], []
-    if kind == "star":
-        pts = _ring_points(10, r, -np.pi / 2)
-        pts[1::2] *= STAR_INNER_RATIO
-        return [pts], []
-    if kind == "cross":
-        a, b = CROSS_ARM_RATIO, 1.0
-        # the edge of the upper arm's right side, the inner corner and the right arm's upper side; turned
-        # clockwise 4 times, so consecutive quarters join into one simple (not self-intersecting) outline
-        quarter = [(a, b), (a, a), (b, a)]
-        pts = []
-        for k in range(4):
-            c, s = math.cos(-k * np.pi / 2), math.sin(-k * np.pi / 2)
-            pts += [(x * c - y * s, x * s + y * c) for x, y in quarter]
-        return [r * np.asarray(pts)], []
-    raise ValueError(f"shape kind must be one of {SHAPE_KINDS}, got {kind!r}")
-
-
-def shape_polygons(
-    kind: str, center: Sequence[float], size: float, angle: float
-) -> Tuple[List[np.ndarray], List[np.ndarray]]:
-    """
-    Polygons of one shape, in image pixel coordinates.
-
-    Args:
-        kind: one of SHAPE_KINDS.
-        center: (x, y) in pixels.
-        size: diameter of the circumscribed circle in pixels.
-        angle: rotation in radians.
-
-    Returns:
-        (outer, holes): lists of (N, 2) float64 arrays of (x, y) vertices, rounded to 0.01 px (so they
-        survive a JSON round trip exactly). The shape is the union of `outer` minus the union of `holes`.
-    """
-    outer, holes = _local_polygons(kind, size / 2.0)
-    c, s = math.cos(angle), math.sin(angle)
-    rot = np.array([[c, s], [-s, c]])  # row vectors: p @ rot turns p by `angle`
-    offset = np.asarray(center, dtype=np.float64)
-
-    def place(polys):
-        return [np.round(p @ rot + offset, 2) for p in polys]
-
-    return place(outer), place(holes)
-
-
-def rasterize_polygons(polygons: Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
-    """Union of (N, 2) polygons as a bool (height, width) mask, rasterised exactly like COCO / detectron2."""
-    if len(polygons) == 0:
-        return np.zeros((height, width), dtype=bool)
-    rles = mask_util.frPyObjects([p.ravel().tolist() for p in polygons], height, width)
-    return mask_util.decode(mask_util.merge(rles)).astype(bool)
-
-
-def render_shape(
-    kind: str, center: Sequence[float], size: float, angle: float, height: int, width: int
-) -> np.ndarray:
-    """Bool (height, width) mask of a shape (see :func:`shape_polygons` for the arguments)."""
-    outer, holes = shape_polygons(kind, center, size, angle)
-    mask = rasterize_polygons(outer, height, width)
-    if holes:
-        mask &= ~rasterize_polygons(holes, height, width)
-    return mask
-
-
-def _polygon_area(poly: np.ndarray) -> float:
-    x, y = poly[:, 0], poly[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
-
-
-def shape_area(kind: str, size: float) -> float:
-    """Area in px^2 of an unclipped shape."""
-    outer, holes = _local_polygons(kind, size / 2.0)
-    return sum(map(_polygon_area, outer)) - sum(map(_polygon_area, holes))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Stuff textures
-# ----------------------------------------------------------------------------------------------------------
-def smooth_noise(rng: np.random.Generator, height: int, width: int, cell: float) -> np.ndarray:
-    """(height, width) float32 smooth random field with features about `cell` px wide, values ~N(0, 1)."""
-    gh = max(2, int(math.ceil(height / cell)) + 1)
-    gw = max(2, int(math.ceil(width / cell)) + 1)
-    grid = rng.standard_normal((gh, gw)).astype(np.float32)
-    return cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC)
-
-
-def _jitter_color(rng: np.random.Generator, base: Sequence[float], amount: float = 15.0) -> np.ndarray:
-    return np.clip(np.asarray(base, np.float32) + rng.normal(0.0, amount, 3).astype(np.float32), 0, 255)
-
-
-def _grid(height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[0:height, 0:width]
-    return yy.astype(np.float32), xx.astype(np.float32)
-
-
-def grass_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Green with short vertical blade streaks and patchy brightness."""
-    base = _jitter_color(rng, (70, 140, 50))
-    blades = cv2.blur(rng.standard_normal((height, width)).astype(np.float32), (1, 9)) * 3.0
-    shade = 1.0 + 0.18 * blades + 0.15 * smooth_noise(rng, height, width, 48)
-    img = base * shade[..., None]
-    img[..., 0] += 15.0 * smooth_noise(rng, height, width, 64)  # yellowish patches
-    return img
-
-
-def water_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Blue with warped wave stripes and bright crests."""
-    base = _jitter_color(rng, (45, 95, 175))
-    period, theta = rng.uniform(7.0, 14.0), rng.uniform(-0.3, 0.3)
-    yy, xx = _grid(height, width)
-    t = yy * math.cos(theta) + xx * math.sin(theta) + 4.0 * smooth_noise(rng, height, width, 40)
-    waves = np.sin(2 * np.pi * t / period)
-    shade = 1.0 + 0.15 * waves + 0.1 * smooth_noise(rng, height, width, 64)
-    crest = np.clip(waves - 0.85, 0.0, None) / 0.15
-    return base * shade[..., None] + 60.0 * crest[..., None]
-
-
-def sand_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Beige speckle with fine ripples and dark grains."""
-    base = _jitter_color(rng, (205, 180, 125))
-    period, theta = rng.uniform(5.0, 9.0), rng.uniform(0.0, np.pi)
-    yy, xx = _grid(height, width)
-    t = xx * math.cos(theta) + yy * math.sin(theta) + 2.0 * smooth_noise(rng, height, width, 32)
-    shade = (
-        1.0
-        + 0.07 * rng.standard_normal((height, width)).astype(np.float32)
-        + 0.06 * np.sin(2 * np.pi * t / period)
-        - np.where(rng.random((height, width), dtype=np.float32) < 0.02, np.float32(0.25), np.float32(0.0))
-        + 0.08 * smooth_noise(rng, height, width, 64)
-    )
-    return base * shade[..., None]
-
-
-def wall_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Running-bond bricks with light mortar lines."""
-    brick = _jitter_color(rng, (150, 75, 60), 20.0)
-    mortar_color = _jitter_color(rng, (190, 185, 175), 10.0)
-    bh = int(rng.integers(7, 14))
-    bw = 2 * bh + int(rng.integers(-2, 3))
-    mortar = int(rng.integers(1, 3))
-    yy = np.arange(height)[:, None]
-    row = yy // bh
-    xo = np.arange(width)[None, :] + (row % 2) * (bw // 2)
-    col = xo // bw
-    brick_shade = 1.0 + 0.12 * rng.standard_normal((height // bh + 1, (width + bw) // bw + 1)).astype(np.float32)
-    shade = brick_shade[np.broadcast_to(row, col.shape), col]
-    shade = shade + 0.04 * rng.standard_normal((height, width)).astype(np.float32)
-    is_mortar = (yy % bh < mortar) | (xo % bw < mortar)
-    return np.where(is_mortar[..., None], mortar_color, brick * shade[..., None])
-
-
-STUFF_TEXTURES: Dict[str, Callable[[np.random.Generator, int, int], np.ndarray]] = {
-    "grass": grass_texture,
-    "water": water_texture,
-    "sand": sand_texture,
-    "wall": wall_texture,
-}
-
-
-def stuff_texture(name: str, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """(height, width, 3) float32 RGB texture (values about 0..255) of the stuff class `name`."""
-    if name not in STUFF_TEXTURES:
-        raise ValueError(f"stuff texture must be one of {tuple(STUFF_TEXTURES)}, got {name!r}")
-    return STUFF_TEXTURES[name](rng, height, width).astype(np.float32)
-
-
-def stuff_background(
-    rng: np.random.Generator, height: int, width: int, stuff_names: Sequence[str] = tuple(STUFF_TEXTURES)
-) -> Tuple[np.ndarray, np.ndarray]:
-    """
-    Partition an image into irregular regions of 2-4 stuff classes (argmax of smoothed noise fields) and
-    texture them. A 2 px band along region boundaries blends both textures and is labelled -1 (ignore).
-
-    Returns:
-        image: (height, width, 3) float32 RGB.
-        labels: (height, width) int32 index into `stuff_names`, -1 on the boundary band.
-    """
-    lo, hi = NUM_STUFF_RANGE
-    k = int(rng.integers(min(lo, len(stuff_names)), min(hi, len(stuff_names)) + 1))
-    chosen = rng.choice(len(stuff_names), size=k, replace=False)
-    cell = rng.uniform(0.25, 0.5) * max(height, width)
-    fields = np.stack(
-        [
-            smooth_noise(rng, height, width, cell)
-            + 0.35 * smooth_noise(rng, height, width, cell / 5)
-            + rng.normal(0.0, 0.3)
-            for _ in range(k)
-        ]
-    )
-    region = fields.argmax(axis=0).astype(np.uint8)
-    image = np.zeros((height, width, 3), np.float32)
-    for j, c in enumerate(chosen):
-        np.copyto(image, stuff_texture(stuff_names[c], rng, height, width), where=(region == j)[..., None])
-    kernel = np.ones((3, 3), np.uint8)
-    band = cv2.dilate(region, kernel) != cv2.erode(region, kernel)
-    image[band] = cv2.GaussianBlur(image, (5, 5), 0)[band]
-    labels = chosen.astype(np.int32)[region]
-    labels[band] = -1
-    return image, labels
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Things
 # ----------------------------------------------------------------------------------------------------------
-@dataclass
-class ShapeInstance:
-    """One drawn shape. `color` is RGB; `shading` = (direction in radians, strength) of a linear
-    brightness gradient across the shape, so touching shapes of one colour stay distinguishable."""
-
-    kind: str
-    center: Tuple[float, float]
-    size: float
-    angle: float
-    color: Tuple[float, float, float]
-    shading: Tuple[float, float]
-
-    def mask(self, height: int, width: int) -> np.ndarray:
-        return render_shape(self.kind, self.center, self.size, self.angle, height, width)
-
-
-def paint_shape(image: np.ndarray, mask: np.ndarray, shape: ShapeInstance) -> None:
-    """Paint `shape` (its bool `mask`) into the float (H, W, 3) RGB `image` in place."""
-    ys, xs = np.nonzero(mask)
-    direction, strength = shape.shading
-    t = ((xs - shape.center[0]) * math.cos(direction) + (ys - shape.center[1]) * math.sin(direction)) / (
-        shape.size / 2.0
-    )
-    color = np.asarray(shape.color, np.float32)
-    image[ys, xs] = np.clip(color[None, :] * (1.0 + strength * t.astype(np.float32))[:, None], 0, 255)
-
-
 def sample_shapes(
     rng: np.random.Generator,
     height: int,
@@ -484,15 +241,6 @@ def sample_shapes(
             owner[mask] = len(shapes) - 1
             break
     return shapes, masks
-
-
-def degrade(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
-    """Gaussian blur (sigma 0.3-1.2, 80% of images) then Gaussian noise (sigma 2-8); returns uint8."""
-    image = image.astype(np.float32)
-    if rng.random() < 0.8:
-        image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.3, 1.2))
-    image = image + rng.uniform(2.0, 8.0) * rng.standard_normal(image.shape, dtype=np.float32)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -696,22 +444,12 @@ def _write_split(folder: Path, split: str, params: dict, progress: tqdm, pool=No
             json.dump(data, f, separators=(",", ":"))
 
 
-def _file_sizes(folder: Path) -> Dict[str, int]:
-    sizes = {}
-    for dirpath, _, filenames in os.walk(folder):
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            sizes[os.path.relpath(path, folder).replace(os.sep, "/")] = os.path.getsize(path)
-    return dict(sorted(sizes.items()))
-
-
 def _check_workers(workers: Optional[int]) -> None:
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"--workers (workers) must be an integer >= 1 or None, got {workers!r}")
 
 
-def _generate_into(folder: Path, params: dict, show_progress: bool, workers: Optional[int]) -> None:
-    folder.mkdir(parents=True)
+def _write_all(folder: Path, params: dict, show_progress: bool, workers: Optional[int]) -> None:
     total = params["num_train"] + params["num_val"]
     if workers is None:  # one per core, at most one per 200 images
         workers = min(os.cpu_count() or 1, max(1, total // 200))
@@ -725,60 +463,11 @@ def _generate_into(folder: Path, params: dict, show_progress: bool, workers: Opt
     finally:
         if pool is not None:
             pool.terminate()
-    marker = {"generator": "shapes_world", "params": params, "files": _file_sizes(folder)}
-    with open(folder / MARKER_FILE, "w") as f:
-        json.dump(marker, f, indent=1)
 
 
-def _folder_state(folder: Path, params: dict) -> Tuple[str, str]:
-    """("missing" | "complete" | "partial", reason). Raises ShapesWorldFolderError for data generated with
-    other parameters or for entries the generator did not write in a folder it would have to replace."""
-    if not folder.exists():
-        return "missing", ""
-    if not folder.is_dir():
-        raise ShapesWorldFolderError(
-            f"shapes world folder {folder} (CLI --output) is a file, expected a directory or a new path"
-        )
-    marker = folder / MARKER_FILE
-    reason = "no COMPLETE.json marker (interrupted generation?)"
-    if marker.exists():
-        try:
-            with open(marker) as f:
-                info = json.load(f)
-            recorded, files = info["params"], info["files"]
-            if not isinstance(recorded, dict) or not isinstance(files, dict):
-                raise TypeError("params and files must be objects")
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            reason = f"unreadable {MARKER_FILE} ({e})"
-        else:
-            diffs = [
-                f"{key}: folder has {recorded.get(key)!r}, requested {value!r}"
-                for key, value in params.items()
-                if recorded.get(key) != value
-            ]
-            if diffs:
-                raise ShapesWorldFolderError(
-                    f"{folder} holds shapes world data generated with other parameters ({'; '.join(diffs)}). "
-                    "Refusing to overwrite it: delete or move it, or generate elsewhere (CLI --output; "
-                    "$DETECTRON2_DATASETS for the registered datasets)."
-                )
-            problems = []
-            for rel, size in files.items():
-                path = folder / rel
-                if not path.is_file():
-                    problems.append(f"{rel} missing")
-                elif path.stat().st_size != size:
-                    problems.append(f"{rel} has {path.stat().st_size} bytes, expected {size}")
-            if not problems:
-                return "complete", ""
-            reason = f"{len(problems)} damaged files, e.g. {problems[0]}"
-    unknown = sorted(set(os.listdir(folder)) - set(LAYOUT_ENTRIES))
-    if unknown:
-        raise ShapesWorldFolderError(
-            f"{folder} is not a complete shapes world folder ({reason}) and holds entries the generator did not "
-            f"write: {unknown[:5]}. Refusing to replace it: move those away or generate elsewhere."
-        )
-    return "partial", reason
+def folder_state(folder, params: dict) -> Tuple[str, str]:
+    """("missing" | "complete" | "partial", reason) of a shapes world folder for validated ``params``."""
+    return generated_folder.folder_state(Path(folder), params, what="shapes world", layout_entries=LAYOUT_ENTRIES)
 
 
 def ensure_shapes_world(
@@ -804,35 +493,21 @@ def ensure_shapes_world(
     """
     params = validate_params(num_train, num_val, seed, min_size, max_size)
     _check_workers(workers)
-    folder = Path(folder)
-    state, reason = _folder_state(folder, params)
-    if state == "complete":
-        return folder
-    if state == "partial":
-        logger.warning(f"Shapes world folder {folder} is incomplete: {reason}. Regenerating it.")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     start = time.perf_counter()
-    try:
-        _generate_into(tmp, params, show_progress, workers)
-        state, _ = _folder_state(folder, params)  # another process may have finished meanwhile
-        if state == "complete":
-            return folder
-        if state == "partial":
-            shutil.rmtree(folder)
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if _folder_state(folder, params)[0] != "complete":
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    logger.info(
-        f"Shapes world: wrote {params['num_train']} train + {params['num_val']} val images "
-        f"({params['min_size']}-{params['max_size']} px, seed {params['seed']}) to {folder} "
-        f"in {time.perf_counter() - start:.1f} s"
+    folder, written = generated_folder.ensure_generated_folder(
+        folder,
+        params,
+        lambda tmp: _write_all(tmp, params, show_progress, workers),
+        generator="shapes_world",
+        what="shapes world",
+        layout_entries=LAYOUT_ENTRIES,
     )
+    if written:
+        logger.info(
+            f"Shapes world: wrote {params['num_train']} train + {params['num_val']} val images "
+            f"({params['min_size']}-{params['max_size']} px, seed {params['seed']}) to {folder} "
+            f"in {time.perf_counter() - start:.1f} s"
+        )
     return folder
 
 
@@ -841,7 +516,7 @@ def ensure_shapes_world(
 # ----------------------------------------------------------------------------------------------------------
 def main(argv: Optional[Sequence[str]] = None) -> Path:
     parser = argparse.ArgumentParser(
-        prog="python -m mask2former.data.datasets.shapes_world",
+        prog="python -m mask2former.data.synthetic.shapes_world",
         description="Generate the shapes world dataset (COCO instances, COCO panoptic, semantic PNGs). "
         "An existing complete folder with the same parameters is kept; one with other parameters is an error.",
     )
@@ -874,7 +549,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
         _check_workers(args.workers)
     except ValueError as e:
         parser.error(str(e))
-    existed = _folder_state(Path(args.output), recorded)[0] == "complete"
+    existed = folder_state(args.output, recorded)[0] == "complete"
     folder = ensure_shapes_world(args.output, show_progress=not args.no_progress, workers=args.workers, **params)
     if existed:
         logger.info(f"Shapes world: {folder} is already complete with these parameters; nothing written.")
