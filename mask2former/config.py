@@ -135,7 +135,7 @@ def add_maskformer2_video_config(cfg):
     cfg.INPUT.SAMPLING_FRAME_SHUFFLE = False
     cfg.INPUT.AUGMENTATIONS = []  # "brightness", "contrast", "saturation", "rotation"
 
-    # Ours (not in the official code), added by the video task:
+    # Ours (not in the official code):
     # - instances kept per video (the official code hard-codes 10);
     cfg.MODEL.MASK_FORMER.TEST.DETECTIONS_PER_VIDEO = 10
     # - videos longer than CLIP_LENGTH frames are segmented in clips of CLIP_LENGTH frames overlapping by

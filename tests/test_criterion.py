@@ -526,6 +526,8 @@ def test_criterion_validation():
     with pytest.raises(ValueError, match="unknown losses"):
         SetCriterion(3, FixedMatcher([]), {}, 0.1, ["boxes"], 10, 3.0, 0.75)
     criterion = _criterion(num_classes=4)
+    assert not criterion.check_label_values  # the mappers check ids; no host sync per step by default
+    criterion.check_label_values = True
     outputs, targets = _random_batch()
     targets[1]["labels"] = torch.tensor([4])
     with pytest.raises(ValueError, match=r"\[0, 4\)"):

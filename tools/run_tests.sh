@@ -6,8 +6,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/tools/setup.sh"
 cd "$ROOT"
 # Tests write generated data to a temporary DETECTRON2_DATASETS unless one is given.
-# They write up to about 200 MB at a time under the temporary folder (measured peak 176 MB; pytest.ini removes what
-# passing tests wrote). Free space is printed first so that a full disk is told apart from a failing test.
+# They write a few hundred MB at most under the temporary folder (pytest.ini removes what passing tests wrote).
+# Free space is printed first so that a full disk is told apart from a failing test.
 TMP="$("$ROOT/.venv/bin/python" -c 'import tempfile; print(tempfile.gettempdir())')"
 free_mb="$(df -Pm "$TMP" | awk 'NR == 2 {print $4}')"
 echo "[tests] $free_mb MB free in $TMP"

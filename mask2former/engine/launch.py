@@ -16,6 +16,8 @@ import torch.multiprocessing as mp
 
 from detectron2.utils import comm
 
+from .compat import create_local_process_group
+
 __all__ = ["DEFAULT_TIMEOUT", "launch"]
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
@@ -81,19 +83,6 @@ def launch(
     )
 
 
-def _create_local_process_group(num_per_machine: int) -> None:
-    """The group of the processes on this machine, which detectron2's ``comm.get_local_rank`` uses."""
-    if hasattr(comm, "create_local_process_group"):  # detectron2 after 0.6
-        comm.create_local_process_group(num_per_machine)
-        return
-    machine_rank = dist.get_rank() // num_per_machine
-    for i in range(dist.get_world_size() // num_per_machine):
-        # every process must take part in creating every group
-        group = dist.new_group(list(range(i * num_per_machine, (i + 1) * num_per_machine)))
-        if i == machine_rank:
-            comm._LOCAL_PROCESS_GROUP = group
-
-
 def _worker(local_rank, main_func, world_size, num_per_machine, machine_rank, dist_url, args, timeout, backend):
     global_rank = machine_rank * num_per_machine + local_rank
     if backend == "nccl":
@@ -108,7 +97,7 @@ def _worker(local_rank, main_func, world_size, num_per_machine, machine_rank, di
     except Exception:
         logging.getLogger(__name__).error(f"Process group URL: {dist_url}")
         raise
-    _create_local_process_group(num_per_machine)
+    create_local_process_group(num_per_machine)
     comm.synchronize()
     main_func(*args)
     comm.synchronize()

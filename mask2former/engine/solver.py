@@ -31,6 +31,8 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
 from detectron2.solver.build import maybe_add_gradient_clipping
 
+from .compat import LRSchedulerBase
+
 __all__ = [
     "NORM_MODULE_TYPES",
     "get_param_groups",
@@ -165,8 +167,8 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
         kwargs = {"momentum": solver.MOMENTUM, "nesterov": solver.NESTEROV}
     elif name == "ADAMW":
         optimizer_type = torch.optim.AdamW
-        # The fused kernel does the same update in one pass over all parameters: 3.5x faster than the
-        # per-parameter loop on a CPU (13 vs 46 ms per step for the 13M parameters of the shapes-world model).
+        # The fused kernel does the same update in one pass over all parameters instead of a loop over them
+        # (docs/PERFORMANCE.md, "Training step").
         kwargs = {"fused": True} if _fused_adamw_supported(param_groups) else {}
     else:
         raise ValueError(f"SOLVER.OPTIMIZER must be 'ADAMW' or 'SGD', got '{solver.OPTIMIZER}'")
@@ -196,13 +198,7 @@ def _warmup_factor(method: str, it: int, warmup_iters: int, warmup_factor: float
     raise ValueError(f"SOLVER.WARMUP_METHOD must be 'linear' or 'constant', got '{method}'")
 
 
-# ``_LRScheduler`` subclasses ``LRScheduler`` in torch >= 2.0; deriving from it satisfies both the check
-# of detectron2 0.6 (patched to ``LRScheduler``) and of detectron2 versions that test ``_LRScheduler``,
-# so that detectron2's LRScheduler hook saves and restores this scheduler in checkpoints.
-_SchedulerBase = getattr(torch.optim.lr_scheduler, "_LRScheduler", torch.optim.lr_scheduler.LRScheduler)
-
-
-class WarmupPolyLR(_SchedulerBase):
+class WarmupPolyLR(LRSchedulerBase):
     """
     Polynomial decay with warmup, stepped once per iteration::
 

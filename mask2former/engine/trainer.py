@@ -1,7 +1,8 @@
 """The trainer shared by the image and video entry points.
 
 ``MaskFormerTrainer`` is a detectron2 ``DefaultTrainer`` with Mask2Former's optimizer, LR schedulers,
-dataset mappers and evaluators. Differences from detectron2 0.6's ``DefaultTrainer`` that matter:
+dataset mappers and evaluators (workarounds for detectron2 0.6 are in :mod:`.compat`). Differences from
+detectron2's ``DefaultTrainer`` that matter:
 
 * the model is wrapped in ``DistributedDataParallel`` without ``device_ids`` when it lives on the CPU
   (detectron2 0.6 always passes a GPU index, which DDP rejects for CPU modules);
@@ -24,19 +25,13 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
-from detectron2.evaluation import (
-    CityscapesInstanceEvaluator,
-    CityscapesSemSegEvaluator,
-    COCOEvaluator,
-    COCOPanopticEvaluator,
-    DatasetEvaluators,
-    SemSegEvaluator,
-)
 from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage, JSONWriter, TensorboardXWriter
 from detectron2.utils.logger import setup_logger
 
+from ..evaluation.build import build_evaluator
+from .compat import ddp_device_ids, grad_scaler, load_trainer_state, trainer_state_dict
 from .solver import build_lr_scheduler, build_optimizer
 from .tta import MaskFormerWithTTA
 
@@ -48,10 +43,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-# Dataset evaluator types whose models produce panoptic, instance and semantic outputs.
-PANOPTIC_EVALUATOR_TYPES = ("coco_panoptic_seg", "ade20k_panoptic_seg", "mapillary_vistas_panoptic_seg")
-
 
 def check_losses_finite(loss_dict: Mapping[str, torch.Tensor], iteration: int) -> None:
     """Raise ``FloatingPointError`` naming every loss term that is NaN or infinite."""
@@ -101,12 +92,7 @@ class MaskFormerAMPTrainer(AMPTrainer):
     def __init__(self, model, data_loader, optimizer, device_type: str):
         if device_type not in ("cuda", "cpu"):
             raise ValueError(f"SOLVER.AMP.ENABLED supports MODEL.DEVICE cuda or cpu, got '{device_type}'")
-        use_scaler = device_type == "cuda"
-        if hasattr(torch.amp, "GradScaler"):
-            grad_scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-        else:  # torch < 2.3
-            grad_scaler = torch.cuda.amp.GradScaler(enabled=use_scaler)
-        super().__init__(model, data_loader, optimizer, grad_scaler=grad_scaler)
+        super().__init__(model, data_loader, optimizer, grad_scaler=grad_scaler(enabled=device_type == "cuda"))
         self.device_type = device_type
         self.amp_dtype = torch.float16 if device_type == "cuda" else torch.bfloat16
 
@@ -151,7 +137,7 @@ class MaskFormerTrainer(DefaultTrainer):
         model = create_ddp_model(
             model,
             broadcast_buffers=False,
-            device_ids=[comm.get_local_rank()] if device_type == "cuda" else None,
+            device_ids=ddp_device_ids(device_type),
         )
         if cfg.SOLVER.AMP.ENABLED:
             self._trainer = MaskFormerAMPTrainer(model, data_loader, optimizer, device_type)
@@ -171,17 +157,11 @@ class MaskFormerTrainer(DefaultTrainer):
         return results if results is not None else getattr(self, "_last_eval_results", None)
 
     # ---------------------------------------------------------------- checkpointed state
-    # TrainerBase's methods are called directly: newer detectron2 DefaultTrainers do the same as these.
     def state_dict(self):
-        ret = TrainerBase.state_dict(self)
-        ret["_trainer"] = self._trainer.state_dict()
-        return ret
+        return trainer_state_dict(self)
 
     def load_state_dict(self, state_dict):
-        TrainerBase.load_state_dict(self, state_dict)
-        if "_trainer" in state_dict:
-            self._trainer.load_state_dict(state_dict["_trainer"])
-        else:
+        if not load_trainer_state(self, state_dict):
             logger.warning("The checkpoint has no optimizer state ('_trainer'); the optimizer starts afresh.")
 
     # ---------------------------------------------------------------- weights
@@ -248,80 +228,8 @@ class MaskFormerTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str, output_folder: Optional[str] = None):
-        """
-        Evaluators chosen by the dataset's ``MetadataCatalog`` ``evaluator_type`` and by which outputs
-        the model produces (``MODEL.MASK_FORMER.TEST.{SEMANTIC,INSTANCE,PANOPTIC}_ON``).
-        Instance predictions are evaluated on masks only ("segm"): Mask2Former predicts no boxes of its own.
-        Results go to ``output_folder`` (default ``OUTPUT_DIR/inference``).
-        """
-        if output_folder is None:
-            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
-        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
-        test = cfg.MODEL.MASK_FORMER.TEST
-
-        if evaluator_type == "ytvis":
-            return cls.build_video_evaluator(cfg, dataset_name, output_folder)
-
-        evaluators = []
-        if evaluator_type == "sem_seg":
-            cls._require(test.SEMANTIC_ON, dataset_name, evaluator_type, "SEMANTIC_ON")
-            evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
-        elif evaluator_type == "coco":
-            cls._require(test.INSTANCE_ON, dataset_name, evaluator_type, "INSTANCE_ON")
-            evaluators.append(COCOEvaluator(dataset_name, tasks=("segm",), distributed=True,
-                                            output_dir=output_folder))
-        elif evaluator_type in PANOPTIC_EVALUATOR_TYPES:
-            if test.PANOPTIC_ON:
-                evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
-            if test.INSTANCE_ON:
-                evaluators.append(COCOEvaluator(dataset_name, tasks=("segm",), distributed=True,
-                                                output_dir=output_folder))
-            if test.SEMANTIC_ON:
-                evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
-        elif evaluator_type == "cityscapes_instance":
-            cls._require(test.INSTANCE_ON, dataset_name, evaluator_type, "INSTANCE_ON")
-            evaluators.append(CityscapesInstanceEvaluator(dataset_name))
-        elif evaluator_type == "cityscapes_sem_seg":
-            cls._require(test.SEMANTIC_ON, dataset_name, evaluator_type, "SEMANTIC_ON")
-            evaluators.append(CityscapesSemSegEvaluator(dataset_name))
-        elif evaluator_type == "cityscapes_panoptic_seg":
-            if test.PANOPTIC_ON:
-                evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
-            if test.INSTANCE_ON:
-                evaluators.append(CityscapesInstanceEvaluator(dataset_name))
-            if test.SEMANTIC_ON:
-                evaluators.append(CityscapesSemSegEvaluator(dataset_name))
-        else:
-            message = (
-                f"No evaluator for dataset '{dataset_name}': its metadata evaluator_type is "
-                f"{evaluator_type!r}; MaskFormerTrainer knows 'sem_seg', 'coco', 'ytvis', "
-                f"{', '.join(repr(t) for t in PANOPTIC_EVALUATOR_TYPES)}, 'cityscapes_instance', "
-                "'cityscapes_sem_seg' and 'cityscapes_panoptic_seg'."
-            )
-            logger.warning(message)
-            raise NotImplementedError(message)
-
-        if not evaluators:
-            raise ValueError(
-                f"Dataset '{dataset_name}' (evaluator_type '{evaluator_type}') needs at least one of "
-                "MODEL.MASK_FORMER.TEST.PANOPTIC_ON / INSTANCE_ON / SEMANTIC_ON to be True"
-            )
-        return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
-
-    @staticmethod
-    def _require(flag: bool, dataset_name: str, evaluator_type: str, key: str) -> None:
-        if not flag:
-            raise ValueError(
-                f"Dataset '{dataset_name}' is evaluated as '{evaluator_type}', which needs "
-                f"MODEL.MASK_FORMER.TEST.{key} True"
-            )
-
-    @classmethod
-    def build_video_evaluator(cls, cfg, dataset_name: str, output_folder: str):
-        """Evaluator of "ytvis" datasets: ``mask2former.evaluation.YTVISEvaluator``."""
-        from mask2former.evaluation import YTVISEvaluator
-
-        return YTVISEvaluator(dataset_name, output_dir=output_folder)
+        """The evaluators of ``dataset_name`` for this model (:func:`mask2former.evaluation.build_evaluator`)."""
+        return build_evaluator(cfg, dataset_name, output_folder)
 
     # ---------------------------------------------------------------- hooks and evaluation
     def build_hooks(self):

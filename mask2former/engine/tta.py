@@ -26,8 +26,8 @@ def fuse_query_predictions(mask_cls: torch.Tensor, mask_pred: torch.Tensor,
     its mask probability is the mean over its members. An object seen by every augmentation with the same class
     keeps its score; one that only some see, or see as different classes, scores lower.
 
-    Cost: the mask IoU of every pair of the P x Q queries, (P Q)^2 x H x W multiply-adds (shapes world, 8 x 32
-    queries at about 380 x 340: 0.2-0.5 s per image on 2 CPU cores, grouping included), on the inputs' device.
+    Cost: the mask IoU of every pair of the P x Q queries, (P Q)^2 x H x W multiply-adds, on the inputs' device
+    (docs/PERFORMANCE.md, "Test-time augmentation").
 
     Args:
         mask_cls: (P, Q, K+1) class logits, the last class "no object".
@@ -114,7 +114,7 @@ class MaskFormerWithTTA(nn.Module):
         self.tta_mapper = tta_mapper if tta_mapper is not None else DatasetMapperTTA(cfg)
         self.batch_size = batch_size
         self.input_format = cfg.INPUT.FORMAT
-        self.group_iou = cfg.TEST.AUG.get("INSTANCE_GROUP_IOU", 0.5)
+        self.group_iou = cfg.TEST.AUG.INSTANCE_GROUP_IOU
         if not 0.0 <= self.group_iou < 1.0:
             raise ValueError(f"TEST.AUG.INSTANCE_GROUP_IOU must lie in [0, 1), got {self.group_iou}")
 

@@ -102,6 +102,7 @@ class SetCriterion(nn.Module):
         num_points: int,
         oversample_ratio: float,
         importance_sample_ratio: float,
+        check_label_values: bool = False,
     ):
         """
         Args:
@@ -115,6 +116,9 @@ class SetCriterion(nn.Module):
             num_points: P, points per mask for the mask losses.
             oversample_ratio: PointRend oversampling ratio k (>= 1).
             importance_sample_ratio: PointRend fraction beta of points chosen by uncertainty.
+            check_label_values: also check that every target label lies in [0, num_classes). Off by default:
+                the dataset mappers check category ids where they enter, and this check waits for the device
+                (a host sync) at every step; turn it on to debug hand-made targets.
         """
         super().__init__()
         unknown = [name for name in losses if name not in self.LOSSES]
@@ -127,6 +131,7 @@ class SetCriterion(nn.Module):
                 f"SetCriterion: num_points (MODEL.MASK_FORMER.TRAIN_NUM_POINTS) must be positive, got {num_points}"
             )
         self.num_classes = num_classes
+        self.check_label_values = check_label_values
         self.matcher = matcher
         self.weight_dict = weight_dict
         self.eos_coef = eos_coef
@@ -266,7 +271,7 @@ class SetCriterion(nn.Module):
                     f"{t['masks'].shape[0]} masks"
                 )
         labels = [t["labels"] for t in targets if t["labels"].numel() > 0]
-        if labels:
+        if self.check_label_values and labels:
             labels = torch.cat([lab.to(labels[0].device) for lab in labels])
             lo, hi = torch.stack([labels.min(), labels.max()]).tolist()
             if lo < 0 or hi >= self.num_classes:

@@ -6,10 +6,9 @@ formula cancels there, e.g. 1.717e-5 instead of 1.670e-5 at x = -11).
 
 Why not PyTorch's: it computes ``log1p(exp(-|x|))``, and x86 vector code takes a slow path, about 10x slower per
 element, wherever an intermediate result is a subnormal number (below 1.2e-38): ``exp`` for ``|x|`` above 87,
-``log1p`` (whose polynomial takes powers of its argument) for ranges of ``|x|`` near 30, 44-52 and 86, measured on
-32 x 2304 logits. Mask logits of a trained model get there (median |logit| 27, 42 % above 30, 0.2 % above 87 at the
-end of the shapes-world run), which made the matching cost of a training step about 30 ms slower late in training
-than at the start. Here the argument of ``exp`` is clamped at ``-EXP_ARG_MIN`` (a tail below exp(-87) = 1.65e-38
+``log1p`` (whose polynomial takes powers of its argument) for some ranges of ``|x|`` above about 30. The mask
+logits of a trained model get there, which made the matching cost of a training step slower late in training than
+at the start (docs/PERFORMANCE.md, "Training step"). Here the argument of ``exp`` is clamped at ``-EXP_ARG_MIN`` (a tail below exp(-87) = 1.65e-38
 comes out as 1.65e-38, invisible in any float32 sum of such terms) and ``log1p`` only sees arguments where it
 differs from the identity (below).
 """

@@ -114,7 +114,7 @@ class MaskFormerMapperBase:
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "ignore_label": ignore_label,
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
-            "skip_bad_items": bool(cfg.DATALOADER.get("SKIP_BAD_ITEMS", False)),
+            "skip_bad_items": bool(cfg.DATALOADER.SKIP_BAD_ITEMS),
         }
 
     @staticmethod

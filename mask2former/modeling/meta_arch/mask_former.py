@@ -43,8 +43,8 @@ class MaskFormer(nn.Module):
                  semantic_on: bool, panoptic_on: bool, instance_on: bool, test_topk_per_image: int,
                  instance_score_threshold: float = 0.0, instance_nms_threshold: float = 1.0):
         super().__init__()
-        # Channels-last convolutions: the ResNet-18 forward of a shapes-world batch takes 47 instead of 71 ms on a
-        # CPU (docs/PERFORMANCE.md). Only the layout changes; preprocess_image hands the backbone the same layout.
+        # Channels-last convolutions are faster on CPUs (docs/PERFORMANCE.md, "Training step"). Only the layout
+        # changes; preprocess_image hands the backbone the same layout.
         self.backbone = backbone.to(memory_format=torch.channels_last)
         self.sem_seg_head = sem_seg_head
         self.criterion = criterion
@@ -93,8 +93,8 @@ class MaskFormer(nn.Module):
             "instance_on": test.INSTANCE_ON,
             "panoptic_on": test.PANOPTIC_ON,
             "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "instance_score_threshold": test.get("INSTANCE_SCORE_THRESH", 0.0),
-            "instance_nms_threshold": test.get("INSTANCE_NMS_THRESH", 1.0),
+            "instance_score_threshold": test.INSTANCE_SCORE_THRESH,
+            "instance_nms_threshold": test.INSTANCE_NMS_THRESH,
         }
 
     @property

@@ -65,9 +65,9 @@ class VideoMaskFormer(MaskFormer):
         test = cfg.MODEL.MASK_FORMER.TEST
         ret.update({
             "num_frames": cfg.INPUT.SAMPLING_FRAME_NUM,
-            "test_topk_per_video": test.get("DETECTIONS_PER_VIDEO", 10),
-            "clip_length": test.get("CLIP_LENGTH", 0),
-            "clip_overlap": test.get("CLIP_OVERLAP", 2),
+            "test_topk_per_video": test.DETECTIONS_PER_VIDEO,
+            "clip_length": test.CLIP_LENGTH,
+            "clip_overlap": test.CLIP_OVERLAP,
         })
         return ret
 
