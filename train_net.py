@@ -11,6 +11,7 @@ the model runs on the CPU.
 """
 import torch
 
+import mask2former  # noqa: F401  (first: registers models and datasets, imports detectron2 quietly)
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
@@ -18,7 +19,6 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-import mask2former  # noqa: F401  (registers models and datasets)
 from mask2former import add_maskformer2_config, add_maskformer2_video_config
 from mask2former.engine import MaskFormerTrainer, launch
 

@@ -40,8 +40,6 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
-from detectron2.config import get_cfg
-from detectron2.data.detection_utils import read_image
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -50,6 +48,8 @@ if __package__ in (None, ""):  # run as a script: make the `demo` package import
     sys.path.insert(0, REPO_ROOT)
 
 from mask2former import add_maskformer2_config, add_maskformer2_video_config  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402  (after mask2former, which imports detectron2 quietly)
+from detectron2.data.detection_utils import read_image  # noqa: E402
 
 from demo.explain import DecoderRecorder, explain, render_grid  # noqa: E402
 from demo.predictor import TASKS, DemoError, VisualizationDemo  # noqa: E402

@@ -11,6 +11,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import cv2
 import numpy as np
 import torch
+
+import mask2former  # noqa: F401  (first: registers models and datasets, imports detectron2 quietly)
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import Metadata
 from detectron2.data import transforms as T

@@ -28,17 +28,17 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
-from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog
-from detectron2.data import transforms as T
-from detectron2.modeling import build_model
-from detectron2.utils.visualizer import ColorMode, Visualizer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if __package__ in (None, ""):  # run as a script: make the `demo` package importable
     sys.path.insert(0, REPO_ROOT)
 
 from mask2former import add_maskformer2_config, add_maskformer2_video_config  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402  (after mask2former, which imports detectron2 quietly)
+from detectron2.data import MetadataCatalog  # noqa: E402
+from detectron2.data import transforms as T  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
 from mask2former.evaluation.ytvis_evaluation import video_output_to_results  # noqa: E402
 
 from demo.predictor import DemoError, display_metadata, load_weights  # noqa: E402

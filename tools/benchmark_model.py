@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from train_net import build_config  # noqa: E402  (imports mask2former, then detectron2 quietly)
 from detectron2.modeling import build_model  # noqa: E402
-
-from train_net import build_config  # noqa: E402
 
 STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "postprocess")
 

@@ -19,9 +19,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mask2former.engine import MaskFormerTrainer as Trainer  # noqa: E402  (first: imports detectron2 quietly)
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-
-from mask2former.engine import MaskFormerTrainer as Trainer  # noqa: E402
 from train_net import build_config  # noqa: E402
 
 STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "criterion", "backward", "optimizer")

@@ -17,9 +17,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import train_net  # noqa: E402  (first: imports mask2former, then detectron2 quietly)
 from detectron2.engine import default_argument_parser  # noqa: E402
-
-import train_net  # noqa: E402
 from mask2former.data.datasets.register_shapes_world import register_shapes_world  # noqa: E402
 
 

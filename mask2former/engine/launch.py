@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 
 from detectron2.utils import comm
 
-from .compat import create_local_process_group
+from ..compat import create_local_process_group
 
 __all__ = ["DEFAULT_TIMEOUT", "launch"]
 

@@ -31,7 +31,7 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
 from detectron2.solver.build import maybe_add_gradient_clipping
 
-from .compat import LRSchedulerBase
+from ..compat import LRSchedulerBase
 
 __all__ = [
     "NORM_MODULE_TYPES",

@@ -31,7 +31,7 @@ from detectron2.utils.events import EventStorage, JSONWriter, TensorboardXWriter
 from detectron2.utils.logger import setup_logger
 
 from ..evaluation.build import build_evaluator
-from .compat import ddp_device_ids, grad_scaler, load_trainer_state, trainer_state_dict
+from ..compat import ddp_device_ids, grad_scaler, load_trainer_state, trainer_state_dict
 from .solver import build_lr_scheduler, build_optimizer
 from .tta import MaskFormerWithTTA
 

@@ -21,8 +21,18 @@ kind of condition, in ``tools/install_detectron2.py`` (``PATCHES``).
 5. :func:`grad_scaler`: detectron2 0.6's ``AMPTrainer`` requires CUDA and builds a CUDA-only scaler; our
    ``MaskFormerAMPTrainer`` passes a scaler that is disabled on the CPU (bfloat16 autocast needs none).
    ``torch.amp.GradScaler`` exists from torch 2.3; delete the fallback when the minimum torch is 2.3.
+6. Quiet imports: detectron2 and fvcore call ``torch.jit.script`` at import time, and current torch answers each
+   call with a FutureWarning that no user can act on. This module imports them once with that warning filtered
+   (``import mask2former`` imports this module first); a user's own ``torch.jit.script`` calls still warn.
+   Delete when neither detectron2 nor fvcore scripts at import time.
 """
+import warnings
 from typing import Optional
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+    import fvcore.nn  # noqa: F401
+    import detectron2.modeling  # noqa: F401
 
 import torch
 import torch.distributed as dist
