@@ -32,6 +32,7 @@ __all__ = [
     "num_skipped_items",
     "skipped_items_summary",
     "reset_skipped_items",
+    "last_skip_reason",
 ]
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 # Shared memory: DataLoader workers forked from the process that imported this module add to the same
 # counter. (Workers started with the "spawn" method count in their own copy.)
 _NUM_SKIPPED = multiprocessing.Value("q", 0)
+_LAST_REASON = [None]  # the problem of the item this process skipped last (read by the resumable loader)
 
 
 class BadDatasetItemError(ValueError):
@@ -257,7 +259,13 @@ def record_skipped_item(error: BadDatasetItemError) -> None:
     with _NUM_SKIPPED.get_lock():
         _NUM_SKIPPED.value += 1
         n = _NUM_SKIPPED.value
+    _LAST_REASON[0] = error.problem
     logger.warning("Skipped bad dataset item #%d (DATALOADER.SKIP_BAD_ITEMS is on): %s", n, error)
+
+
+def last_skip_reason() -> Optional[str]:
+    """The problem of the item this process skipped last (None if none)."""
+    return _LAST_REASON[0]
 
 
 def num_skipped_items() -> int:
