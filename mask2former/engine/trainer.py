@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import random
+import sys
 import time
 import weakref
 from collections import OrderedDict
@@ -205,6 +206,19 @@ class MaskFormerTrainer(DefaultTrainer):
                 path, e, f"the last complete checkpoint '{last}' is intact" if last else "no checkpoint was written"
             ) from e
         return results if results is not None else getattr(self, "_last_eval_results", None)
+
+    def after_train(self):
+        """detectron2's; while an error stops the run, a hook that fails as well is logged, not raised, so that
+        the user sees the first error (e.g. a full disk fails the checkpoint, then the metrics writer)."""
+        if sys.exc_info()[1] is None:
+            return super().after_train()
+        self.storage.iter = self.iter
+        for h in self._hooks:
+            try:
+                h.after_train()
+            except Exception as e:
+                logger.error(f"While stopping on the error below, {type(h).__name__}.after_train failed too: "
+                             f"{type(e).__name__}: {e}")
 
     def resume_or_load(self, resume=True):
         """detectron2's, and on resume the training loader starts at the batch of the first new iteration."""
@@ -441,7 +455,9 @@ class SkippedItemsHook(HookBase):
                                        smoothing_hint=False)
 
     def after_train(self):
-        items = [x for rank_items in comm.all_gather(self.trainer._trainer.skipped_items) for x in rank_items]
+        items = self.trainer._trainer.skipped_items
+        if sys.exc_info()[1] is None:  # while stopping on an error the other ranks may not be here: no gathering
+            items = [x for rank_items in comm.all_gather(items) for x in rank_items]
         if not comm.is_main_process():
             return
         log = logging.getLogger("mask2former")
