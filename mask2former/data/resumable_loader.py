@@ -17,6 +17,7 @@ they continue. Here batch ``n`` of a rank is a pure function of (seed, rank, wor
   same seed, and recorded in the batch under :data:`SKIPPED_KEY` so the trainer can count it in the main
   process whatever the worker start method.
 """
+import hashlib
 import logging
 import random
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
@@ -198,13 +199,24 @@ class ResumableTrainLoader:
                 self.groups = np.array([int(d["width"] <= d["height"]) for d in dataset_dicts], dtype=np.int64)
             else:
                 logger.info("Aspect-ratio grouping is off: not every dataset dict states 'width' and 'height'.")
+        # the dataset's identity (its files, in order): resuming on a changed dataset is worth a warning
+        self.fingerprint = hashlib.sha1(
+            "\n".join(str(d.get("file_name")) for d in dataset_dicts).encode()
+        ).hexdigest()[:16]
         self.mapper, self.batch_size, self.num_workers = mapper, batch_size, num_workers
         self.rank, self.world_size, self.seed, self.start = rank, world_size, int(seed), 0
 
     def state_dict(self) -> dict:
-        return {"seed": self.seed, "batch_size": self.batch_size, "world_size": self.world_size}
+        return {"seed": self.seed, "batch_size": self.batch_size, "world_size": self.world_size,
+                "num_items": len(self.dataset), "fingerprint": self.fingerprint}
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("fingerprint", self.fingerprint) != self.fingerprint:
+            logger.warning(
+                f"The training set changed since the checkpoint was written ({state.get('num_items')} -> "
+                f"{len(self.dataset)} items, or other files): the resumed run sees other images than the "
+                "interrupted run would have."
+            )
         if (state.get("batch_size"), state.get("world_size")) != (self.batch_size, self.world_size):
             logger.warning(
                 f"The checkpoint was written with {state.get('world_size')} processes x {state.get('batch_size')} "
