@@ -31,5 +31,5 @@ setup(
         "tensorboard",
         "shapely",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "hypothesis"]},
 )

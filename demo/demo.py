@@ -49,10 +49,10 @@ if __package__ in (None, ""):  # run as a script: make the `demo` package import
 
 from mask2former import add_maskformer2_config, add_maskformer2_video_config  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402  (after mask2former, which imports detectron2 quietly)
-from detectron2.data.detection_utils import read_image  # noqa: E402
+from mask2former.data.dataset_mappers.checks import read_image  # noqa: E402
 
 from demo.explain import DecoderRecorder, explain, render_grid  # noqa: E402
-from demo.predictor import TASKS, DemoError, VisualizationDemo  # noqa: E402
+from demo.predictor import DEFAULT_MAX_SIDE, TASKS, DemoError, VisualizationDemo  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join("configs", "shapes_world", "maskformer2_R18_panoptic.yaml")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -133,6 +133,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--confidence-threshold", type=float, default=0.5,
                         help="minimum score of the instances drawn and saved (instance task; default 0.5)")
     parser.add_argument("--side-by-side", action="store_true", help="show the input left of the prediction")
+    parser.add_argument("--max-size", type=int, default=DEFAULT_MAX_SIDE, metavar="PIXELS",
+                        help="shrink pictures and frames whose longer side is larger to this first, which bounds "
+                             f"memory (default {DEFAULT_MAX_SIDE}; 0: no limit)")
     parser.add_argument("--save-raw", action="store_true",
                         help="also write the raw predictions next to each picture (label PNG, panoptic PNG + "
                              "JSON, instance RLE JSON; formats below)")
@@ -352,11 +355,12 @@ def run_images(demo: VisualizationDemo, args) -> int:
         for path, out in tqdm(list(zip(files, outputs)), unit="image", desc="images"):
             start = time.perf_counter()
             try:
-                image = read_image(path, format="BGR")
+                image = read_image(path, "BGR")  # EXIF orientation applied, 16-bit scaled, errors named
             except Exception as e:  # missing, not an image, truncated, ...
                 logger.error(f"cannot read image {path}: {type(e).__name__}: {e}")
                 failures.append((path, f"{type(e).__name__}: {e}"))
                 continue
+            image = demo.limit_size(image)
             recorder = DecoderRecorder(demo.model) if args.explain else None
             if recorder is not None:
                 with recorder:
@@ -479,7 +483,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise DemoError(f"--explain-queries must be at least 1, got {args.explain_queries}")
         cfg, task, hint = setup_cfg(args)
         logger.info(f"task {task}, config {args.config_file}, weights {cfg.MODEL.WEIGHTS}, device {cfg.MODEL.DEVICE}")
-        demo = VisualizationDemo(cfg, task, args.confidence_threshold, args.side_by_side, train_hint=hint)
+        demo = VisualizationDemo(cfg, task, args.confidence_threshold, args.side_by_side, train_hint=hint,
+                                 max_side=args.max_size)
         if args.input is not None:
             return run_images(demo, args)
         if args.video_input is not None:

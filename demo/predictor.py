@@ -24,6 +24,9 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from mask2former.modeling.meta_arch.mask_former import dataset_metadata
 
 TASKS = ("panoptic", "instance", "semantic")
+# Longer side, in pixels, to which larger inputs are shrunk (memory: docs/RELIABILITY.md, "Large inputs").
+DEFAULT_MAX_SIDE = 2048
+logger = logging.getLogger("demo")
 OUTPUT_KEY = {"panoptic": "panoptic_seg", "instance": "instances", "semantic": "sem_seg"}
 
 
@@ -126,7 +129,7 @@ class VisualizationDemo:
     """
 
     def __init__(self, cfg, task: str, confidence_threshold: float = 0.5, side_by_side: bool = False,
-                 train_hint: str = ""):
+                 train_hint: str = "", max_side: int = DEFAULT_MAX_SIDE):
         if task not in TASKS:
             raise DemoError(f"unknown task {task!r}; expected one of {TASKS}")
         self.cfg = cfg.clone()
@@ -142,6 +145,35 @@ class VisualizationDemo:
         self.metadata = display_metadata(dataset_metadata(self.cfg), self.cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
         self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = cfg.INPUT.FORMAT
+        self.max_side = max_side
+        self._warned_size = False
+
+    def limit_size(self, image: np.ndarray) -> np.ndarray:
+        """
+        Shrink an image whose longer side exceeds ``max_side`` (keeping its aspect ratio) before anything else:
+        the predictions are made at the input's size (one float map per query or class of H x W pixels), so
+        this bounds memory (docs/RELIABILITY.md, "Large inputs"); 0 = no limit.
+        """
+        h, w = image.shape[:2]
+        if self.max_side <= 0 or max(h, w) <= self.max_side:
+            return image
+        scale = self.max_side / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        if not self._warned_size:
+            logger.warning(f"input of {w}x{h} pixels shrunk to {size[0]}x{size[1]} (longer side at most "
+                           f"--max-size {self.max_side}, which bounds memory; outputs are at this size)")
+            self._warned_size = True
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+    def _model_input_size(self, h: int, w: int) -> Tuple[int, int]:
+        """detectron2's ResizeShortestEdge size, but never 0 pixels (a 1 x 10000 image stays 1 pixel high)."""
+        size, max_size = self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST
+        scale = size * 1.0 / min(h, w)
+        newh, neww = (size, scale * w) if h < w else (scale * h, size)
+        if max(newh, neww) > max_size:
+            scale = max_size * 1.0 / max(newh, neww)
+            newh, neww = newh * scale, neww * scale
+        return max(1, int(newh + 0.5)), max(1, int(neww + 0.5))
 
     @torch.no_grad()
     def predict(self, image: np.ndarray) -> Dict:
@@ -150,7 +182,9 @@ class VisualizationDemo:
         if self.input_format == "RGB":
             image = image[:, :, ::-1]
         height, width = image.shape[:2]
-        resized = self.aug.get_transform(image).apply_image(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(height, width) < 1:
+            raise DemoError(f"expected a uint8 (H, W, 3) image with H, W >= 1, got {image.dtype} {image.shape}")
+        resized = T.ResizeTransform(height, width, *self._model_input_size(height, width)).apply_image(image)
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
         out = self.model([{"image": tensor, "height": height, "width": width}])[0]
         result = {}
@@ -195,15 +229,25 @@ class VisualizationDemo:
 
     def run_on_image(self, image: np.ndarray) -> Tuple[Dict, np.ndarray]:
         """BGR uint8 (H, W, 3) -> (predictions, RGB drawing)."""
+        image = self.limit_size(image)
         predictions = self.predict(image)
         return predictions, self.draw(image, predictions)
 
     def run_on_video(self, video: cv2.VideoCapture) -> Iterator[np.ndarray]:
         """Yield the annotated BGR frames of an opened capture, reading one frame at a time."""
         visualizer = VideoVisualizer(self.metadata, ColorMode.IMAGE)
+        count = int(video.get(cv2.CAP_PROP_FRAME_COUNT)) if hasattr(video, "get") else 0
+        index = 0
         while True:
             ok, frame = video.read()
             if not ok:
+                # A container's frame count can be an estimate off by a frame or two at the end; more missing
+                # frames mean the video stopped decoding (truncated or damaged file).
+                if count > 0 and index < count - max(2, count // 100):
+                    raise DemoError(f"frame {index} of {count} cannot be decoded (damaged or truncated video); "
+                                    f"frames 0-{index - 1} were processed")
                 return
+            frame = self.limit_size(frame)
             drawing = self.draw(frame, self.predict(frame), visualizer)
+            index += 1
             yield np.ascontiguousarray(drawing[:, :, ::-1])

@@ -48,6 +48,10 @@ def add_maskformer2_config(cfg):
     # Ours: skip dataset items that cannot be read (missing/corrupt image, invalid polygon or RLE, unknown
     # category id, size mismatch) with a counted warning instead of stopping training.
     cfg.DATALOADER.SKIP_BAD_ITEMS = False
+    # Ours: a training batch that takes longer than this many seconds to load stops the run with an error
+    # naming the rank and iteration and the stacks of all threads (mask2former/engine/watchdog.py; an integer,
+    # 0 = off).
+    cfg.DATALOADER.TIMEOUT = 0
 
     # solver
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0

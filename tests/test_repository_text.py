@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parent.parent
 TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".sh", ".ini", ".json", ".txt", ".cfg", ".toml", ".cpp", ".h", ""}
 # Words that narrate the making of the project rather than describe it.
 NARRATION = re.compile(
-    r"\bsessions?\b|\bsubagents?\b|\bhelper agents?\b|\bissue\s*#?\d+|\btask\s*#\d+|\b(?:added|made) (?:for|by) the \w+ task\b",
+    r"\bsessions? \d+|\b(?:this|that|earlier|later|previous|next|last|one) session\b|\(session\b|\bsubagents?\b|\bhelper agents?\b|\bissue\s*#?\d+|\btask\s*#\d+|\b(?:added|made) (?:for|by) the \w+ task\b",
     re.IGNORECASE,
 )
 

@@ -18,10 +18,15 @@ CONFIG = os.path.join(REPO, "configs/shapes_world/maskformer2_R18_panoptic.yaml"
 PREFIX = "shapes_world_e2e"
 
 
+def register_data(root):
+    """Generate (once) and register the tiny shapes-world splits under ``root``."""
+    register_shapes_world(str(root), prefix=PREFIX, num_train=16, num_val=3, seed=5, min_size=96, max_size=128)
+
+
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("datasets")
-    register_shapes_world(str(root), prefix=PREFIX, num_train=16, num_val=3, seed=5, min_size=96, max_size=128)
+    register_data(root)
     return root
 
 

@@ -10,30 +10,49 @@ detectron2's ``DefaultTrainer`` that matter:
   float16 autocast with a gradient scaler, as in detectron2;
 * a non-finite loss stops training with an error naming the non-finite terms and the iteration;
 * the inner trainer's state (optimizer, gradient scaler) is saved in checkpoints under "_trainer"
-  (detectron2 0.6 saves only the iteration and the hooks, so ``--resume`` lost the optimizer state).
+  (detectron2 0.6 saves only the iteration and the hooks, so ``--resume`` lost the optimizer state);
+* resuming continues the run exactly (docs/RELIABILITY.md): checkpoints are written atomically and a damaged
+  one is skipped (:mod:`.checkpoint`), the training loader starts at the batch the run stopped at
+  (:mod:`mask2former.data.resumable_loader`), and at every checkpoint iteration each rank reseeds its Python,
+  NumPy and torch RNGs from (seed, rank, iteration), which a resumed run repeats;
+* a full disk stops the run with an error naming the file and the free space; items skipped under
+  ``DATALOADER.SKIP_BAD_ITEMS`` are counted in metrics.json ("data/skipped_items") and listed at the end
+  (log and ``OUTPUT_DIR/skipped_items.json``); a stalled data loader is reported (``DATALOADER.TIMEOUT``).
 """
 import importlib
+import json
 import logging
 import os
+import random
+import sys
 import time
 import weakref
 from collections import OrderedDict
 from typing import Dict, Mapping, Optional
 
+import numpy as np
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
+from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils import comm
-from detectron2.utils.events import EventStorage, JSONWriter, TensorboardXWriter
+from detectron2.utils.events import CommonMetricPrinter, EventStorage, JSONWriter, TensorboardXWriter, get_event_storage
 from detectron2.utils.logger import setup_logger
 
+from ..data.resumable_loader import ResumableTrainLoader, pop_skipped_items
 from ..evaluation.build import build_evaluator
 from ..compat import ddp_device_ids, grad_scaler, load_trainer_state, trainer_state_dict
+from ..utils.disk import DiskFullError, atomic_write, disk_full_error, is_disk_full
+from .checkpoint import MaskFormerCheckpointer
 from .solver import build_lr_scheduler, build_optimizer
 from .tta import MaskFormerWithTTA
+from .watchdog import DataStallWatchdog
 
 __all__ = [
     "MaskFormerTrainer",
@@ -67,13 +86,31 @@ def _loss_dict_and_total(loss_dict, iteration: int):
     return loss_dict, sum(loss_dict.values())
 
 
-class MaskFormerSimpleTrainer(SimpleTrainer):
+class _BatchSource:
+    """What both inner trainers do to get a batch: time it against DATALOADER.TIMEOUT, take out skip records."""
+
+    watchdog: Optional[DataStallWatchdog] = None
+    skipped_items: list
+
+    def next_batch(self):
+        if self.watchdog is None:
+            data = next(self._data_loader_iter)
+        else:
+            with self.watchdog.watch(self.iter):
+                data = next(self._data_loader_iter)
+        skipped = pop_skipped_items(data)
+        if skipped:
+            self.skipped_items = getattr(self, "skipped_items", []) + skipped
+        return data
+
+
+class MaskFormerSimpleTrainer(_BatchSource, SimpleTrainer):
     """detectron2's ``SimpleTrainer`` step that stops on non-finite losses before the backward pass."""
 
     def run_step(self):
         assert self.model.training, "[MaskFormerSimpleTrainer] model was changed to eval mode!"
         start = time.perf_counter()
-        data = next(self._data_loader_iter)
+        data = self.next_batch()
         data_time = time.perf_counter() - start
 
         loss_dict, losses = _loss_dict_and_total(self.model(data), self.iter)
@@ -83,7 +120,7 @@ class MaskFormerSimpleTrainer(SimpleTrainer):
         self.optimizer.step()
 
 
-class MaskFormerAMPTrainer(AMPTrainer):
+class MaskFormerAMPTrainer(_BatchSource, AMPTrainer):
     """
     Mixed precision on CUDA (float16 autocast + gradient scaler) and on the CPU (bfloat16 autocast,
     no scaler: bfloat16 has float32's range). detectron2 0.6's ``AMPTrainer`` requires CUDA.
@@ -99,7 +136,7 @@ class MaskFormerAMPTrainer(AMPTrainer):
     def run_step(self):
         assert self.model.training, "[MaskFormerAMPTrainer] model was changed to eval mode!"
         start = time.perf_counter()
-        data = next(self._data_loader_iter)
+        data = self.next_batch()
         data_time = time.perf_counter() - start
 
         with torch.autocast(device_type=self.device_type, dtype=self.amp_dtype):
@@ -144,25 +181,68 @@ class MaskFormerTrainer(DefaultTrainer):
         else:
             self._trainer = MaskFormerSimpleTrainer(model, data_loader, optimizer)
 
+        self._trainer.watchdog = DataStallWatchdog(cfg.DATALOADER.TIMEOUT, comm.get_rank())
+        self._trainer.skipped_items = []
+
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = MaskFormerCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
+        loader = self._trainer.data_loader
+        self.seed = loader.seed if isinstance(loader, ResumableTrainLoader) else cfg.SEED
         self.register_hooks(self.build_hooks())
 
     def train(self):
         """Train; returns the results of the last evaluation (None if there was none)."""
-        results = super().train()
+        try:
+            results = super().train()
+        except OSError as e:
+            if not is_disk_full(e) or isinstance(e, DiskFullError):
+                raise
+            path = e.filename or self.cfg.OUTPUT_DIR
+            last = self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint() else ""
+            raise disk_full_error(
+                path, e, f"the last complete checkpoint '{last}' is intact" if last else "no checkpoint was written"
+            ) from e
         return results if results is not None else getattr(self, "_last_eval_results", None)
+
+    def after_train(self):
+        """detectron2's; while an error stops the run, a hook that fails as well is logged, not raised, so that
+        the user sees the first error (e.g. a full disk fails the checkpoint, then the metrics writer)."""
+        if sys.exc_info()[1] is None:
+            return super().after_train()
+        self.storage.iter = self.iter
+        for h in self._hooks:
+            try:
+                h.after_train()
+            except Exception as e:
+                logger.error(f"While stopping on the error below, {type(h).__name__}.after_train failed too: "
+                             f"{type(e).__name__}: {e}")
+
+    def resume_or_load(self, resume=True):
+        """detectron2's, and on resume the training loader starts at the batch of the first new iteration."""
+        super().resume_or_load(resume=resume)
+        loader = self._trainer.data_loader
+        if isinstance(loader, ResumableTrainLoader):
+            loader.start = self.start_iter
 
     # ---------------------------------------------------------------- checkpointed state
     def state_dict(self):
-        return trainer_state_dict(self)
+        ret = trainer_state_dict(self)
+        loader = self._trainer.data_loader
+        if isinstance(loader, ResumableTrainLoader):
+            ret["data_loader"] = loader.state_dict()
+        ret["seed"] = self.seed
+        return ret
 
     def load_state_dict(self, state_dict):
         if not load_trainer_state(self, state_dict):
             logger.warning("The checkpoint has no optimizer state ('_trainer'); the optimizer starts afresh.")
+        loader = self._trainer.data_loader
+        if isinstance(loader, ResumableTrainLoader) and "data_loader" in state_dict:
+            loader.load_state_dict(state_dict["data_loader"])
+        self.seed = state_dict.get("seed", self.seed)
 
     # ---------------------------------------------------------------- weights
     @classmethod
@@ -214,7 +294,33 @@ class MaskFormerTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=cls.build_train_mapper(cfg))
+        """
+        A :class:`~mask2former.data.resumable_loader.ResumableTrainLoader` for detectron2's default
+        ``DATALOADER.SAMPLER_TRAIN`` "TrainingSampler" (the same kind of stream, able to start at any batch);
+        detectron2's loader for the other samplers, whose runs resume at the iteration but not at the data.
+        """
+        mapper = cls.build_train_mapper(cfg)
+        if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+            return build_detection_train_loader(cfg, mapper=mapper)
+        dicts = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+        )
+        world_size = comm.get_world_size()
+        if cfg.SOLVER.IMS_PER_BATCH % world_size != 0:
+            raise ValueError(
+                f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be divisible by the number of processes "
+                f"({world_size})"
+            )
+        # the stream's seed is saved in checkpoints, so that runs with SEED < 0 (random) resume too
+        seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+        return ResumableTrainLoader(
+            dicts, mapper, cfg.SOLVER.IMS_PER_BATCH // world_size, seed=seed,
+            num_workers=cfg.DATALOADER.NUM_WORKERS, aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+            rank=comm.get_rank(), world_size=world_size,
+        )
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -232,8 +338,19 @@ class MaskFormerTrainer(DefaultTrainer):
         return build_evaluator(cfg, dataset_name, output_folder)
 
     # ---------------------------------------------------------------- hooks and evaluation
+    def build_writers(self):
+        """detectron2's writers; metrics.json through :class:`SafeJSONWriter`."""
+        return [
+            CommonMetricPrinter(self.max_iter),
+            SafeJSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
+            TensorboardXWriter(self.cfg.OUTPUT_DIR),
+        ]
+
     def build_hooks(self):
         ret = super().build_hooks()
+        writer_index = next((i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter)), len(ret))
+        ret.insert(writer_index, SkippedItemsHook())  # counts before the writer writes them, summary at the end
+        ret.append(ReseedHook(self.cfg.SOLVER.CHECKPOINT_PERIOD))  # last: after evaluation has used the RNGs
         if self.cfg.TEST.AUG.ENABLED:
             # after training, evaluate with TTA; before the writer so that its results are written
             tta_hook = hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, self.model))
@@ -285,7 +402,7 @@ class MaskFormerTrainer(DefaultTrainer):
         """
         if not comm.is_main_process() or not results:
             return
-        writers = [JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json")), TensorboardXWriter(cfg.OUTPUT_DIR)]
+        writers = [SafeJSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json")), TensorboardXWriter(cfg.OUTPUT_DIR)]
         with EventStorage(iteration) as storage:
             flat = flatten_results_dict(results)
             storage.put_scalars(**{k: float(v) for k, v in flat.items()}, smoothing_hint=False)
@@ -293,3 +410,83 @@ class MaskFormerTrainer(DefaultTrainer):
                 writer.write()
         for writer in writers:
             writer.close()
+
+
+# -------------------------------------------------------------------- hooks and writers of the trainer
+def reseed_all(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's (CPU and CUDA) global RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+class ReseedHook(HookBase):
+    """
+    At every checkpoint iteration (and when a resumed run starts) each rank reseeds its RNGs from (seed, rank,
+    iteration). A resumed run thus draws the same random numbers as the run it continues, on every rank,
+    although the checkpoint (written by rank 0 alone) holds no RNG state.
+    """
+
+    def __init__(self, period: int):
+        self.period = period
+
+    def _reseed(self, iteration: int) -> None:
+        reseed_all(int(np.random.SeedSequence([int(self.trainer.seed) % (2**63), comm.get_rank(), iteration])
+                       .generate_state(1)[0]))
+
+    def before_train(self):
+        if self.trainer.start_iter > 0:
+            self._reseed(self.trainer.start_iter - 1)
+
+    def after_step(self):
+        if self.period > 0 and (self.trainer.iter + 1) % self.period == 0:
+            self._reseed(self.trainer.iter)
+
+
+class SkippedItemsHook(HookBase):
+    """
+    Puts the number of items skipped so far (``DATALOADER.SKIP_BAD_ITEMS``) in the event storage
+    ("data/skipped_items", hence metrics.json); at the end logs the list and writes it to
+    ``OUTPUT_DIR/skipped_items.json`` (all ranks' items).
+    """
+
+    def after_step(self):
+        get_event_storage().put_scalar("data/skipped_items", len(self.trainer._trainer.skipped_items),
+                                       smoothing_hint=False)
+
+    def after_train(self):
+        items = self.trainer._trainer.skipped_items
+        if sys.exc_info()[1] is None:  # while stopping on an error the other ranks may not be here: no gathering
+            items = [x for rank_items in comm.all_gather(items) for x in rank_items]
+        if not comm.is_main_process():
+            return
+        log = logging.getLogger("mask2former")
+        if not items:
+            log.info("No bad dataset items were skipped.")
+            return
+        path = os.path.join(self.trainer.cfg.OUTPUT_DIR, "skipped_items.json")
+        with atomic_write(path, "w") as f:
+            json.dump(items, f, indent=1)
+        lines = "\n".join(f"  iteration {x['iteration']}: '{x['file_name']}': {x['reason']}" for x in items[:20])
+        more = f"\n  ... and {len(items) - 20} more" if len(items) > 20 else ""
+        log.warning(f"{len(items)} bad dataset item(s) were skipped (DATALOADER.SKIP_BAD_ITEMS), listed in "
+                    f"{path}:\n{lines}{more}")
+
+
+class SafeJSONWriter(JSONWriter):
+    """detectron2's ``JSONWriter``; a write that fails (full disk) is undone and raises naming the file."""
+
+    def write(self):
+        f = self._file_handle
+        f.flush()
+        size = f.tell()
+        try:
+            super().write()
+        except OSError as e:
+            try:  # drop the partial line so that the file stays valid JSON lines
+                f.truncate(size)
+            except OSError:
+                pass
+            if is_disk_full(e):
+                raise disk_full_error(f.name, e, "the lines written before are intact") from e
+            raise

@@ -19,6 +19,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import pycocotools.mask as mask_util
 from detectron2.data import detection_utils as utils
+from PIL import Image, ImageOps
 
 __all__ = [
     "BadDatasetItemError",
@@ -32,6 +33,7 @@ __all__ = [
     "num_skipped_items",
     "skipped_items_summary",
     "reset_skipped_items",
+    "last_skip_reason",
 ]
 
 logger = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ logger = logging.getLogger(__name__)
 # Shared memory: DataLoader workers forked from the process that imported this module add to the same
 # counter. (Workers started with the "spawn" method count in their own copy.)
 _NUM_SKIPPED = multiprocessing.Value("q", 0)
+_LAST_REASON = [None]  # the problem of the item this process skipped last (read by the resumable loader)
 
 
 class BadDatasetItemError(ValueError):
@@ -61,7 +64,18 @@ def read_image(file_name: str, image_format: str, expected_hw: Optional[Tuple[in
     applied). ``expected_hw`` is the (height, width) the dataset states, when it states one.
     """
     try:
-        image = utils.read_image(file_name, format=image_format)
+        with Image.open(file_name) as probe:
+            mode = probe.mode
+        if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+            image = _read_16_bit(file_name, image_format)
+        elif mode in ("I", "F"):
+            raise BadDatasetItemError(
+                f"the image has 32-bit {'float' if mode == 'F' else 'integer'} pixels (PIL mode {mode}); expected "
+                "8- or 16-bit images (convert it, e.g. scaled to 0-255)",
+                file_name,
+            )
+        else:
+            image = utils.read_image(file_name, format=image_format)
     except FileNotFoundError:
         raise BadDatasetItemError("the image file does not exist", file_name) from None
     except (OSError, ValueError, SyntaxError) as e:  # PIL: unidentified, truncated or corrupt file
@@ -73,6 +87,17 @@ def read_image(file_name: str, image_format: str, expected_hw: Optional[Tuple[in
             file_name,
         )
     return image
+
+
+def _read_16_bit(file_name: str, image_format: str) -> np.ndarray:
+    """A 16-bit grayscale image scaled to 8 bits (detectron2's reader would clip every value above 255)."""
+    with Image.open(file_name) as image:
+        image = ImageOps.exif_transpose(image)
+        array = np.asarray(image, dtype=np.uint16)
+    gray = ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if image_format == "L":
+        return gray[:, :, None]
+    return np.repeat(gray[:, :, None], 3, axis=2)
 
 
 def _read_annotation_image(path: str, what: str, file_name: str, image_format=None) -> np.ndarray:
@@ -257,7 +282,13 @@ def record_skipped_item(error: BadDatasetItemError) -> None:
     with _NUM_SKIPPED.get_lock():
         _NUM_SKIPPED.value += 1
         n = _NUM_SKIPPED.value
+    _LAST_REASON[0] = error.problem
     logger.warning("Skipped bad dataset item #%d (DATALOADER.SKIP_BAD_ITEMS is on): %s", n, error)
+
+
+def last_skip_reason() -> Optional[str]:
+    """The problem of the item this process skipped last (None if none)."""
+    return _LAST_REASON[0]
 
 
 def num_skipped_items() -> int:

@@ -30,6 +30,7 @@ __all__ = [
     "PANOPTIC_LAZY_KEYS",
     "load_sem_seg_files",
     "load_panoptic_json",
+    "check_panoptic_json",
     "rgb2id",
     "id2rgb",
 ]
@@ -165,6 +166,46 @@ def load_sem_seg_files(
     return dicts
 
 
+def _require(json_file: str, where: str, obj, key: str, kinds, what: str):
+    if not isinstance(obj, dict) or key not in obj:
+        raise ValueError(f"'{json_file}': {where} has no '{key}' ({what})")
+    value = obj[key]
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        raise ValueError(f"'{json_file}': {where} '{key}' is {value!r}; expected {what}")
+    return value
+
+
+def check_panoptic_json(json_file: str, data) -> None:
+    """
+    Check the structure of a COCO-format panoptic JSON (the fields :func:`load_panoptic_json` reads), so that a
+    malformed file is a ValueError naming the file and the field, not a KeyError or TypeError.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"'{json_file}': expected a JSON object with 'annotations' and 'categories'")
+    categories = _require(json_file, "the file", data, "categories", list, "a list of categories")
+    ids = set()
+    for i, c in enumerate(categories):
+        where = f"categories[{i}]"
+        cid = _require(json_file, where, c, "id", int, "an integer id")
+        _require(json_file, where, c, "name", str, "a class name")
+        if c.get("isthing") not in (0, 1):  # also True / False
+            raise ValueError(f"'{json_file}': {where} 'isthing' is {c.get('isthing')!r}; expected 0 or 1")
+        if cid in ids:
+            raise ValueError(f"'{json_file}': {where} repeats category id {cid}: each id must name one class")
+        ids.add(cid)
+    for i, img in enumerate(_require(json_file, "the file", data, "images", list, "a list of images")
+                            if "images" in data else []):
+        _require(json_file, f"images[{i}]", img, "id", (int, str), "an image id")
+        _require(json_file, f"images[{i}]", img, "file_name", str, "an image file name")
+    for i, ann in enumerate(_require(json_file, "the file", data, "annotations", list, "a list of annotations")):
+        where = f"annotations[{i}]"
+        _require(json_file, where, ann, "file_name", str, "the panoptic PNG's file name")
+        _require(json_file, where, ann, "image_id", (int, str), "an image id")
+        for j, seg in enumerate(_require(json_file, where, ann, "segments_info", list, "a list of segments")):
+            _require(json_file, f"{where} segments_info[{j}]", seg, "id", int, "the segment id (R + 256 G + 256^2 B)")
+            _require(json_file, f"{where} segments_info[{j}]", seg, "category_id", int, "an integer category id")
+
+
 def load_panoptic_json(
     json_file: str,
     image_root: str,
@@ -188,6 +229,7 @@ def load_panoptic_json(
     """
     if data is None:
         data = read_json(json_file, hints["json"])
+    check_panoptic_json(json_file, data)
     require_path(image_root, hints["images"], "folder")
     require_path(panoptic_root, hints["panoptic"], "folder")
     if sem_seg_root is not None:

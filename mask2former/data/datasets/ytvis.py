@@ -49,6 +49,11 @@ def read_ytvis_json(json_file: str, hint: str = "") -> dict:
     for i, c in enumerate(data["categories"]):
         if not isinstance(c, dict) or "id" not in c or "name" not in c:
             raise ValueError(f"'{json_file}': categories[{i}] must have 'id' and 'name', got {c!r}")
+    annotations = data.get("annotations")
+    if annotations is not None and not (isinstance(annotations, list) and all(isinstance(a, dict) for a in annotations)):
+        raise ValueError(f"'{json_file}': 'annotations' must be a list of objects, got {type(annotations).__name__}")
+    if not all(isinstance(v, dict) for v in data["videos"]):
+        raise ValueError(f"'{json_file}': 'videos' must be a list of objects")
     return data
 
 

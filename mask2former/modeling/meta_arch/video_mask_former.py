@@ -162,7 +162,7 @@ class VideoMaskFormer(MaskFormer):
 
         The score is the class probability (the official video score, without a mask term).
         """
-        num_queries, num_classes = mask_cls.shape[0], mask_cls.shape[-1] - 1
+        num_classes = mask_cls.shape[-1] - 1
         scores = F.softmax(mask_cls, dim=-1)[:, :-1]
         k = min(self.test_topk_per_video, scores.numel())
         top_scores, index = scores.flatten().topk(k, sorted=True)

@@ -1,0 +1,293 @@
+"""
+Property-based fuzzing (hypothesis) of the dataset mappers, the image reader and the COCO-format JSON readers.
+
+Every generated input must be handled correctly (labels as annotated, masks and images of the stated size) or
+rejected with a named error (BadDatasetItemError / ValueError naming the file and the problem); never an
+unhandled exception, never a silently wrong label. The number of cases tried is printed at the end of the run
+(and kept in pytest's cache under "reliability/fuzz_cases").
+"""
+import collections
+import io
+import json
+import math
+import os
+import tempfile
+
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+from PIL import Image
+from detectron2.structures import polygons_to_bitmask
+
+pytest.importorskip("hypothesis", reason="fuzzing needs hypothesis: pip install -e .[test]")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from mask2former.data.dataset_mappers import BadDatasetItemError, build_dataset_mapper  # noqa: E402
+from mask2former.data.dataset_mappers.checks import read_image  # noqa: E402
+from mask2former.data.datasets.loading import load_panoptic_json  # noqa: E402
+from mask2former.data.datasets.ytvis import load_ytvis_json  # noqa: E402
+from test_dataset_mappers import NUM_CLASSES, make_cfg  # noqa: E402
+
+H, W = 24, 32
+CASES = collections.Counter()
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+WORK = tempfile.mkdtemp(prefix="m2f-fuzz-")  # one folder for the module (hypothesis forbids function fixtures)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report(request):
+    yield
+    request.config.cache.set("reliability/fuzz_cases", dict(CASES))
+    request.config.fuzz_cases = dict(CASES)  # printed in the terminal summary (tests/conftest.py)
+
+
+def _image_file(h=H, w=W):
+    path = os.path.join(WORK, f"image_{h}x{w}.png")
+    if not os.path.exists(path):
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ instance mapper
+# mostly valid values, so that accepted items (whose labels and masks are checked) are common too
+inside = st.floats(-10, 50, allow_nan=False)
+coordinate = st.one_of(inside, inside, inside, inside, inside, inside, st.sampled_from([math.nan, math.inf]))
+polygon = st.one_of(st.lists(coordinate, min_size=6, max_size=14), st.lists(coordinate, max_size=5))
+rle_size = st.one_of(st.just([H, W]), st.just([H, W]), st.lists(st.integers(-2, 40), min_size=0, max_size=3))
+
+
+@st.composite
+def segmentation(draw):
+    kind = draw(st.sampled_from(["polygons", "polygons", "rle", "rle_bytes", "uncompressed", "junk", "empty"]))
+    if kind == "polygons":
+        return draw(st.lists(polygon, min_size=1, max_size=3))
+    if kind == "empty":
+        return []
+    if kind in ("rle", "rle_bytes", "uncompressed"):
+        mask = draw(st.integers(0, 2**20)).to_bytes(3, "little")
+        m = np.zeros((H, W), np.uint8)
+        y, x = mask[0] % H, mask[1] % W
+        m[y:y + 1 + mask[2] % 8, x:x + 1 + mask[2] % 8] = 1
+        size = draw(rle_size)
+        if kind == "uncompressed":  # run lengths in column-major order, starting with zeros
+            flat = m.flatten(order="F")
+            runs, cur, n = [], 0, 0
+            for v in flat:
+                if v != cur:
+                    runs.append(n)
+                    cur, n = v, 0
+                n += 1
+            runs.append(n)
+            return {"size": size, "counts": draw(st.one_of(st.just(runs), st.lists(st.integers(-3, 900))))}
+        counts = mask_util.encode(np.asfortranarray(m))["counts"]
+        if draw(st.booleans()):
+            counts = counts[: draw(st.integers(0, len(counts)))]  # truncated
+        return {"size": size, "counts": counts if kind == "rle_bytes" else counts.decode("ascii", "replace")}
+    return draw(st.one_of(st.none(), st.integers(), st.text(max_size=5), st.dictionaries(st.text(max_size=3),
+                                                                                        st.integers(), max_size=2)))
+
+
+@st.composite
+def valid_segmentation(draw):
+    if draw(st.booleans()):
+        return [draw(st.lists(inside, min_size=6, max_size=12).filter(lambda p: len(p) % 2 == 0))]
+    m = np.zeros((H, W), np.uint8)
+    y, x, s = draw(st.integers(0, H - 1)), draw(st.integers(0, W - 1)), draw(st.integers(0, 8))
+    m[y:y + s, x:x + s] = 1
+    return {"size": [H, W], "counts": mask_util.encode(np.asfortranarray(m))["counts"].decode("ascii")}
+
+
+valid_annotation = st.fixed_dictionaries({"category_id": st.integers(0, NUM_CLASSES - 1),
+                                          "segmentation": valid_segmentation(), "iscrowd": st.just(0)})
+fuzzed_annotation = st.fixed_dictionaries(
+    {
+        "category_id": st.one_of(st.integers(0, NUM_CLASSES - 1), st.integers(0, NUM_CLASSES - 1),
+                                 st.integers(-3, NUM_CLASSES + 3), st.floats(allow_nan=True), st.none(), st.booleans()),
+        "segmentation": segmentation(),
+        "bbox": st.lists(st.one_of(st.floats(-1e6, 1e6), st.just(math.nan)), min_size=0, max_size=5),
+        "bbox_mode": st.just(1),
+        "iscrowd": st.sampled_from([0, 0, 0, 1]),
+    }
+)
+annotation = st.one_of(valid_annotation, valid_annotation, fuzzed_annotation)
+
+
+def _expected_mask(segm):
+    if isinstance(segm, list):
+        return polygons_to_bitmask([np.asarray(p, dtype=np.float64) for p in segm], H, W)
+    if isinstance(segm["counts"], list):
+        return mask_util.decode(mask_util.frPyObjects(segm, H, W)).astype(bool)
+    return mask_util.decode(dict(segm, counts=segm["counts"] if isinstance(segm["counts"], bytes)
+                                 else segm["counts"].encode())).astype(bool)
+
+
+@FUZZ
+@given(st.lists(annotation, max_size=3))
+def test_instance_mapper_on_fuzzed_annotations(annotations):
+    CASES["instance mapper"] += 1
+    mapper = build_dataset_mapper(make_cfg("mask_former_instance", **{"MIN_SIZE_TRAIN": (H,)}), is_train=True)
+    item = {"file_name": _image_file(), "height": H, "width": W, "annotations": annotations}
+    try:
+        out = mapper(item)
+    except BadDatasetItemError as e:
+        assert _image_file() in str(e)
+        CASES["instance mapper: named error"] += 1
+        return
+    # accepted: one output instance per non-crowd annotation with a non-empty mask, same class, same mask
+    expected = []
+    for a in annotations:
+        if a["iscrowd"]:
+            continue
+        mask = _expected_mask(a["segmentation"])
+        if mask.any():
+            expected.append((a["category_id"], mask))
+    instances = out["instances"]
+    assert instances.gt_classes.tolist() == [c for c, _ in expected]
+    assert all(0 <= c < NUM_CLASSES for c in instances.gt_classes.tolist())
+    for got, (_, mask) in zip(instances.gt_masks.numpy(), expected):
+        assert np.array_equal(got, mask)
+
+
+# ------------------------------------------------------------------------------------------ images
+def _encode(kind, h, w, exif_orientation):
+    rng = np.random.default_rng(h * 7 + w)
+    if kind == "gray":
+        image = Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8), "L")
+    elif kind == "rgba":
+        image = Image.fromarray(rng.integers(0, 256, (h, w, 4), dtype=np.uint8), "RGBA")
+    elif kind == "16bit":
+        image = Image.fromarray(rng.integers(0, 65536, (h, w), dtype=np.uint16))
+    elif kind == "palette":
+        image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert("P")
+    else:
+        image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    if exif_orientation:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        image.convert("RGB").save(buffer, format="JPEG", exif=exif.tobytes())
+    else:
+        image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@settings(max_examples=60, deadline=None)
+@given(kind=st.sampled_from(["rgb", "gray", "rgba", "16bit", "palette"]),
+       h=st.one_of(st.just(1), st.integers(1, 40)), w=st.one_of(st.just(1), st.integers(1, 40), st.just(10000)),
+       orientation=st.sampled_from([0, 0, 1, 3, 6, 8]), cut=st.sampled_from([None, None, None, 0.5, 0.0]))
+def test_image_reader_on_odd_images(kind, h, w, orientation, cut):
+    CASES["image reader"] += 1
+    data = _encode(kind, h, w, orientation)
+    if cut is not None:
+        data = data[: int(len(data) * cut)]
+    path = os.path.join(WORK, "odd_image")
+    with open(path, "wb") as f:
+        f.write(data)
+    rotated = orientation in (6, 8)
+    expected_hw = (w, h) if rotated else (h, w)
+    try:
+        image = read_image(path, "RGB", expected_hw)
+    except BadDatasetItemError as e:
+        assert path in str(e)
+        assert cut is not None, f"a valid {kind} image was rejected: {e}"
+        CASES["image reader: named error"] += 1
+        return
+    assert image.dtype == np.uint8 and image.shape == (*expected_hw, 3)
+    if kind == "16bit" and not orientation:  # scaled to 8 bits, not clipped at 255
+        raw = np.asarray(Image.open(io.BytesIO(data)), dtype=np.uint16)
+        assert np.array_equal(image[:, :, 0], ((raw.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8))
+
+
+# ------------------------------------------------------------------------------------------ COCO-format JSON
+category = st.fixed_dictionaries({"id": st.integers(-2, 6), "name": st.text(max_size=3),
+                                  "isthing": st.sampled_from([0, 1])})
+segment_info = st.fixed_dictionaries({"id": st.integers(-1, 5), "category_id": st.integers(-3, 8),
+                                      "iscrowd": st.sampled_from([0, 1])})
+maybe = st.sampled_from(["keep", "keep", "keep", "drop", "wrong type"])
+
+
+def _mutate(draw, obj, key, wrong):
+    action = draw(maybe)
+    if action == "drop":
+        obj.pop(key, None)
+    elif action == "wrong type":
+        obj[key] = wrong
+
+
+@st.composite
+def panoptic_json(draw):
+    annotations = []
+    for i in range(draw(st.integers(0, 3))):
+        ann = {"image_id": i, "file_name": f"{i}.png", "segments_info": draw(st.lists(segment_info, max_size=3))}
+        _mutate(draw, ann, draw(st.sampled_from(["image_id", "file_name", "segments_info"])), draw(st.integers()))
+        annotations.append(ann)
+    data = {"images": [{"id": i, "file_name": f"{i}.jpg", "height": H, "width": W} for i in range(3)],
+            "annotations": annotations, "categories": draw(st.lists(category, max_size=4))}
+    _mutate(draw, data, draw(st.sampled_from(["images", "annotations", "categories"])), draw(st.integers()))
+    return data
+
+
+@FUZZ
+@given(panoptic_json())
+def test_panoptic_json_reader_on_fuzzed_json(data):
+    CASES["panoptic JSON"] += 1
+    json_file = os.path.join(WORK, "panoptic.json")
+    with open(json_file, "w") as f:
+        json.dump(data, f)
+    hints = {"json": "", "images": "", "panoptic": "", "sem_seg": ""}
+    try:
+        dicts = load_panoptic_json(json_file, WORK, WORK, hints=hints)
+    except ValueError as e:
+        assert json_file in str(e), str(e)
+        CASES["panoptic JSON: named error"] += 1
+        return
+    ids = [c["id"] for c in data["categories"]]
+    assert len(set(ids)) == len(ids), "duplicate category ids were accepted: their segments' labels are ambiguous"
+    order = sorted(data["categories"], key=lambda c: c["id"])  # contiguous ids follow the dataset ids
+    for record, ann in zip(dicts, data["annotations"]):
+        assert len(record["segments_info"]) == len(ann["segments_info"])
+        for seg, raw in zip(record["segments_info"], ann["segments_info"]):
+            index = [c["id"] for c in order].index(raw["category_id"])
+            assert seg["category_id"] == index and seg["isthing"] == bool(order[index]["isthing"])
+
+
+@st.composite
+def ytvis_json(draw):
+    videos = [{"id": i + 1, "length": 2, "height": H, "width": W, "file_names": [f"v{i}/0.jpg", f"v{i}/1.jpg"]}
+              for i in range(draw(st.integers(0, 2)))]
+    for v in videos:
+        _mutate(draw, v, draw(st.sampled_from(["length", "file_names", "height"])), draw(st.text(max_size=2)))
+    annotations = []
+    for j in range(draw(st.integers(0, 3))):
+        segm = [draw(st.one_of(st.none(), segmentation())) for _ in range(2)]
+        segm = [dict(x, counts=x["counts"].decode("ascii")) if isinstance(x, dict) and isinstance(x.get("counts"), bytes)
+                else x for x in segm]  # JSON has no bytes
+        ann = {"id": j + 1, "video_id": draw(st.integers(0, 3)), "category_id": draw(st.integers(-1, 4)),
+               "iscrowd": 0, "segmentations": segm}
+        _mutate(draw, ann, draw(st.sampled_from(["video_id", "category_id", "segmentations"])), draw(st.integers()))
+        annotations.append(ann)
+    data = {"videos": videos, "annotations": annotations,
+            "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}]}
+    _mutate(draw, data, draw(st.sampled_from(["videos", "annotations", "categories"])), draw(st.integers()))
+    return data
+
+
+@FUZZ
+@given(ytvis_json())
+def test_ytvis_json_reader_on_fuzzed_json(data):
+    CASES["YTVIS JSON"] += 1
+    json_file = os.path.join(WORK, "ytvis.json")
+    with open(json_file, "w") as f:
+        json.dump(data, f)
+    try:
+        dicts = load_ytvis_json(json_file, WORK)
+    except (ValueError, BadDatasetItemError) as e:
+        assert json_file in str(e), str(e)
+        CASES["YTVIS JSON: named error"] += 1
+        return
+    for record in dicts:
+        assert len(record["file_names"]) == record["length"]
+        for frame in record.get("annotations", []):  # no annotations at all: a test split
+            for obj in frame:
+                assert 0 <= obj["category_id"] < 3
