@@ -7,7 +7,7 @@ setup(
     version="0.1.0",
     description="Mask2Former (image and video segmentation) as a detectron2 plugin, runnable on CPU",
     packages=find_packages(include=["mask2former", "mask2former.*"]),
-    package_data={"mask2former": ["data/metadata/*.json"]},
+    package_data={"mask2former": ["data/metadata/*.json", "ops/csrc/*.cpp"]},
     python_requires=">=3.9",
     install_requires=[
         # torch/torchvision and detectron2 are installed by tools/setup.sh (see README: Dependencies).
@@ -30,6 +30,8 @@ setup(
         "hydra-core>=1.1",
         "tensorboard",
         "shapely",
+        # builds the C++ deformable-attention kernel on first use (mask2former/ops/ms_deform_attn_cpp.py)
+        "ninja",
     ],
     extras_require={"test": ["pytest", "hypothesis"]},
 )

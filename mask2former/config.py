@@ -110,6 +110,10 @@ def add_maskformer2_config(cfg):
     head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
     head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
     head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
+    # Ours: the deformable-attention implementation (mask2former/ops/ms_deform_attn.py): "auto" (the C++
+    # kernel on the CPU, the Triton kernel on CUDA, the pure-PyTorch op where they cannot run; the
+    # environment variable MASK2FORMER_DEFORM_ATTN_IMPL overrides "auto"), "pytorch", "cpp" or "triton".
+    head.DEFORM_ATTN_IMPL = "auto"
 
     # Swin Transformer backbone
     cfg.MODEL.SWIN = CN()

@@ -5,7 +5,11 @@ Builds a config (default: the official R50 COCO panoptic config, random weights)
 random images of the given sizes with 1 and 2 threads (median of --repeats runs after one warm-up), then
 prints the per-stage times and shares side by side.
 
-    python tools/benchmark_model.py [--config-file F] [--sizes 512x640 800x1216] [--threads 1 2] [--repeats 3]
+    python tools/benchmark_model.py [--config-file F] [--sizes 512x640 800x1216] [--threads 1 2] [--repeats 3] \
+        [--deform-attn-impls pytorch cpp]
+
+With ``--deform-attn-impls`` the runs alternate between those deformable-attention implementations on the same
+model and image, a row per implementation, and the outputs of the implementations are compared.
 """
 import argparse
 import os
@@ -19,7 +23,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from train_net import build_config  # noqa: E402  (imports mask2former, then detectron2 quietly)
 from detectron2.modeling import build_model  # noqa: E402
 
+from mask2former.modeling.pixel_decoder.deformable_attention import MSDeformAttn  # noqa: E402
+
 STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "postprocess")
+
+
+def set_deform_attn_impl(model, impl):
+    for m in model.modules():
+        if isinstance(m, MSDeformAttn):
+            m.impl = impl
 
 
 def run_stages(model, image):
@@ -54,6 +66,7 @@ def main():
     parser.add_argument("--sizes", nargs="+", default=["512x640", "800x1216"], help="HxW")
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--deform-attn-impls", nargs="+", choices=["auto", "pytorch", "cpp", "triton"])
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[])
     args = parser.parse_args()
 
@@ -64,24 +77,45 @@ def main():
     test = cfg.MODEL.MASK_FORMER.TEST
     print(f"config: {args.config_file} (random weights, CPU); semantic={test.SEMANTIC_ON} "
           f"instance={test.INSTANCE_ON} panoptic={test.PANOPTIC_ON}; median of {args.repeats} runs")
-    header = f"{'size':>9s} {'threads':>7s} " + " ".join(f"{s:>20s}" for s in STAGES) + f" {'total':>9s}"
+    impls = args.deform_attn_impls or [None]
+    header = f"{'size':>9s} {'threads':>7s} {'impl':>8s} " + " ".join(f"{s:>20s}" for s in STAGES) + f" {'total':>9s}"
     print(header)
     for size in args.sizes:
         h, w = (int(v) for v in size.lower().split("x"))
         image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
+        if len(impls) > 1:
+            outs = {}
+            with torch.no_grad():
+                for impl in impls:
+                    set_deform_attn_impl(model, impl)
+                    outs[impl] = model([{"image": image}])[0]
+            ref = outs[impls[0]]
+            for impl in impls[1:]:
+                o = outs[impl]
+                print(f"{size}: outputs {impl} vs {impls[0]}: sem_seg max abs diff "
+                      f"{(o['sem_seg'] - ref['sem_seg']).abs().max():.2e}, panoptic ids equal "
+                      f"{torch.equal(o['panoptic_seg'][0], ref['panoptic_seg'][0])}, instance masks equal "
+                      f"{torch.equal(o['instances'].pred_masks, ref['instances'].pred_masks)}")
         for threads in args.threads:
             torch.set_num_threads(threads)
-            runs = []
+            runs = {impl: [] for impl in impls}
             with torch.no_grad():
                 for i in range(args.repeats + 1):
-                    t = run_stages(model, image)
-                    if i:
-                        runs.append(t)
-            med = {s: sorted(r[s] for r in runs)[len(runs) // 2] for s in STAGES}
-            total = sum(med.values())
-            cells = " ".join(f"{med[s]:8.3f}s ({med[s] / total:5.1%})" for s in STAGES)
-            print(f"{size:>9s} {threads:7d} {cells} {total:8.3f}s", flush=True)
-
+                    for impl in impls:  # alternate, so that drift of the machine hits them alike
+                        if impl:
+                            set_deform_attn_impl(model, impl)
+                        t = run_stages(model, image)
+                        if i:
+                            runs[impl].append(t)
+            totals = {}
+            for impl in impls:
+                med = {s: sorted(r[s] for r in runs[impl])[len(runs[impl]) // 2] for s in STAGES}
+                total = totals[impl] = sum(med.values())
+                cells = " ".join(f"{med[s]:8.3f}s ({med[s] / total:5.1%})" for s in STAGES)
+                print(f"{size:>9s} {threads:7d} {impl or 'config':>8s} {cells} {total:8.3f}s", flush=True)
+            if len(impls) > 1:
+                print(f"{size:>9s} {threads:7d} speed-up vs {impls[0]}: " + ", ".join(
+                    f"{i} {totals[impls[0]] / totals[i]:.2f}x" for i in impls[1:]), flush=True)
 
 if __name__ == "__main__":
     main()

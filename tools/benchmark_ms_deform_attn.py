@@ -1,15 +1,17 @@
 #!/usr/bin/env python
 """Benchmark multi-scale deformable attention at Mask2Former shapes; prints ratios measured side by side.
 
-Compares our op (levels accumulated one at a time) with the straightforward formulation that samples every
-level, stacks the samples and reduces once (the layout of the original PyTorch fallback), on the same inputs:
-forward time, forward+backward time, and peak extra memory (each variant in a fresh subprocess: peak RSS
-minus RSS before the call on CPU, torch.cuda.max_memory_allocated minus allocated before on GPU).
+Compares the implementations of :func:`mask2former.ops.ms_deform_attn` on the same inputs: "pytorch" (the
+pure-PyTorch ``grid_sample`` op, levels accumulated one at a time), the kernel of the device ("cpp" on the CPU,
+"triton" on CUDA), and "stacked", the straightforward formulation that samples every level, stacks the samples
+and reduces once (the layout of the original PyTorch fallback): forward time, forward+backward time, and peak
+extra memory (each variant in a fresh subprocess: peak RSS minus RSS before the call on CPU,
+torch.cuda.max_memory_allocated minus allocated before on GPU). Time runs alternate between the variants.
 
 Default shapes: the 1/8, 1/16, 1/32 levels of a 1024x1024 image (128x128 + 64x64 + 32x32 = 21504 tokens),
 8 heads x 32 channels, 4 points, one query per token with sampling locations near its own position.
 
-    python tools/benchmark_ms_deform_attn.py [--device cpu|cuda] [--threads N] [--repeats R]
+    python tools/benchmark_ms_deform_attn.py [--device cpu|cuda] [--threads N] [--repeats R] [--dtype bfloat16]
     python tools/benchmark_ms_deform_attn.py --size 192 --batch 8 --heads 4   # a shapes-world training batch
 """
 import argparse
@@ -24,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mask2former.ops import ms_deform_attn  # noqa: E402
+from mask2former.ops import ms_deform_attn, ms_deform_attn_pytorch  # noqa: E402
 
 
 def stacked_ms_deform_attn(value, spatial_shapes, sampling_locations, attention_weights):
@@ -43,7 +45,16 @@ def stacked_ms_deform_attn(value, spatial_shapes, sampling_locations, attention_
     return out.transpose(1, 2).contiguous()
 
 
-VARIANTS = {"ours": ms_deform_attn, "stacked": stacked_ms_deform_attn}
+VARIANTS = {
+    "pytorch": ms_deform_attn_pytorch,
+    "cpp": lambda *args: ms_deform_attn(*args, impl="cpp"),
+    "triton": lambda *args: ms_deform_attn(*args, impl="triton"),
+    "stacked": stacked_ms_deform_attn,
+}
+
+
+def variants_for(device):
+    return ["pytorch", "cpp" if device == "cpu" else "triton", "stacked"]
 
 
 def make_inputs(args, device):
@@ -77,6 +88,12 @@ def measure(args):
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     fn = VARIANTS[args.variant]
+    if args.dtype != "float32" and args.variant != "stacked":
+        dtype = getattr(torch, args.dtype)
+        if args.variant == "pytorch":  # as the layer runs it: the op in float32 on upcast values
+            fn = lambda v, *rest: ms_deform_attn_pytorch(v.float(), *rest)  # noqa: E731
+        else:
+            fn = (lambda f: lambda v, *rest: f(v.to(dtype), *rest))(fn)
     value, shapes, locations, weights = make_inputs(args, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
@@ -129,6 +146,8 @@ def main():
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=32)
     parser.add_argument("--points", type=int, default=4)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="value dtype for the kernels (the pytorch op runs on float32 copies)")
     parser.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=["time", "memory"], help=argparse.SUPPRESS)
     parser.add_argument("--backward", action="store_true", help=argparse.SUPPRESS)
@@ -137,35 +156,44 @@ def main():
         print(json.dumps(measure(args)))
         return
 
-    # Both variants must compute the same thing before their speed is compared.
+    names = variants_for(args.device)
+    # All variants must compute the same thing before their speed is compared.
     small = argparse.Namespace(**{**vars(args), "size": 128})
     inputs = make_inputs(small, torch.device(args.device))
-    torch.testing.assert_close(ms_deform_attn(*inputs), stacked_ms_deform_attn(*inputs), atol=1e-5, rtol=1e-5)
+    for name in names[1:]:
+        torch.testing.assert_close(VARIANTS[name](*inputs), ms_deform_attn_pytorch(*inputs), atol=1e-5, rtol=1e-5)
 
     tokens = sum((args.size // s) ** 2 for s in (8, 16, 32))
     print(f"ms_deform_attn benchmark: device={args.device} threads={args.threads} tokens=queries={tokens} "
-          f"batch={args.batch} heads={args.heads} head_dim={args.head_dim} levels=3 points={args.points} repeats={args.repeats}")
-    results = {}
+          f"batch={args.batch} heads={args.heads} head_dim={args.head_dim} levels=3 points={args.points} "
+          f"repeats={args.repeats} dtype={args.dtype}")
     base = [sys.executable, os.path.abspath(__file__)] + sys.argv[1:]
-    for variant in VARIANTS:
-        r = {}
-        for mode, backward in (("time", False), ("memory", False), ("memory", True)):
-            cmd = base + ["--variant", variant, "--mode", mode] + (["--backward"] if backward else [])
-            out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-            if mode == "memory":
-                out = {("peak_extra_mb_fwd_bwd" if backward else "peak_extra_mb_fwd"): out["peak_extra_mb"]}
-            r.update(out)
-        results[variant] = r
-    print(f"{'variant':10s} {'fwd ms':>10s} {'fwd+bwd ms':>12s} {'peak MB fwd':>12s} {'peak MB fwd+bwd':>16s}")
-    for variant, r in results.items():
-        print(f"{variant:10s} {r['fwd_s'] * 1e3:10.1f} {r['fwd_bwd_s'] * 1e3:12.1f} "
-              f"{r['peak_extra_mb_fwd']:12.1f} {r['peak_extra_mb_fwd_bwd']:16.1f}")
-    a, b = results["ours"], results["stacked"]
-    print(f"ratio ours/stacked: fwd time {a['fwd_s'] / b['fwd_s']:.2f}, fwd+bwd time "
-          f"{a['fwd_bwd_s'] / b['fwd_bwd_s']:.2f}, peak memory fwd "
-          f"{a['peak_extra_mb_fwd'] / max(b['peak_extra_mb_fwd'], 1e-9):.2f}, fwd+bwd "
-          f"{a['peak_extra_mb_fwd_bwd'] / max(b['peak_extra_mb_fwd_bwd'], 1e-9):.2f}")
 
+    def child(variant, mode, backward=False):
+        cmd = base + ["--variant", variant, "--mode", mode] + (["--backward"] if backward else [])
+        return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+
+    results = {name: {"fwd_s": [], "fwd_bwd_s": []} for name in names}
+    for _ in range(2):  # alternate the variants, so that drift of the machine hits them alike
+        for name in names:
+            t = child(name, "time")
+            results[name]["fwd_s"].append(t["fwd_s"])
+            results[name]["fwd_bwd_s"].append(t["fwd_bwd_s"])
+    for name in names:
+        r = results[name]
+        r["fwd_s"], r["fwd_bwd_s"] = min(r["fwd_s"]), min(r["fwd_bwd_s"])
+        r["peak_extra_mb_fwd"] = child(name, "memory")["peak_extra_mb"]
+        r["peak_extra_mb_fwd_bwd"] = child(name, "memory", backward=True)["peak_extra_mb"]
+    print(f"{'variant':10s} {'fwd ms':>10s} {'fwd+bwd ms':>12s} {'peak MB fwd':>12s} {'peak MB fwd+bwd':>16s}")
+    for name, r in results.items():
+        print(f"{name:10s} {r['fwd_s'] * 1e3:10.1f} {r['fwd_bwd_s'] * 1e3:12.1f} "
+              f"{r['peak_extra_mb_fwd']:12.1f} {r['peak_extra_mb_fwd_bwd']:16.1f}")
+    b = results["pytorch"]
+    for name in names[1:]:
+        a = results[name]
+        print(f"speed-up pytorch/{name}: fwd {b['fwd_s'] / a['fwd_s']:.2f}x, fwd+bwd {b['fwd_bwd_s'] / a['fwd_bwd_s']:.2f}x; "
+              f"peak memory {name}/pytorch: fwd {a['peak_extra_mb_fwd'] / max(b['peak_extra_mb_fwd'], 1e-9):.3f}, "
+              f"fwd+bwd {a['peak_extra_mb_fwd_bwd'] / max(b['peak_extra_mb_fwd_bwd'], 1e-9):.3f}")
 
 if __name__ == "__main__":
     main()

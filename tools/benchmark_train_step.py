@@ -6,10 +6,13 @@ real batches, and times each stage of an iteration (median over ``--repeats`` it
 backbone, pixel decoder and transformer decoder forward, criterion (matching + losses), backward, optimizer
 step; with the config's autocast setting (``SOLVER.AMP.ENABLED``: bfloat16 on a CPU). The optimizer step is
 then timed again with the per-parameter AdamW loop (``fused=False``) on the same gradients. Random weights,
-or the checkpoint given as ``MODEL.WEIGHTS``.
+or the checkpoint given as ``MODEL.WEIGHTS``. With ``--deform-attn-impls pytorch cpp`` the iterations alternate
+between the deformable-attention implementations (same model and batches; the losses of the first batch are
+first compared under both) and a table per implementation and their ratio are printed.
 
     DETECTRON2_DATASETS=datasets python tools/benchmark_train_step.py \\
-        [--config-file configs/shapes_world/maskformer2_R18_panoptic.yaml] [--repeats 10] [KEY VALUE ...]
+        [--config-file configs/shapes_world/maskformer2_R18_panoptic.yaml] [--repeats 10] \
+        [--deform-attn-impls pytorch cpp] [KEY VALUE ...]
 """
 import argparse
 import os
@@ -21,6 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mask2former.engine import MaskFormerTrainer as Trainer  # noqa: E402  (first: imports detectron2 quietly)
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from mask2former.modeling.pixel_decoder.deformable_attention import MSDeformAttn  # noqa: E402
 from train_net import build_config  # noqa: E402
 
 STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "criterion", "backward", "optimizer")
@@ -51,6 +55,19 @@ def train_step(model, optimizer, batch, amp):
     return dict(zip(STAGES, (b - a for a, b in zip(clock, clock[1:]))))
 
 
+def set_deform_attn_impl(model, impl):
+    for m in model.modules():
+        if isinstance(m, MSDeformAttn):
+            m.impl = impl
+
+
+def first_batch_losses(model, batch, amp):
+    torch.manual_seed(0)  # the criterion samples points at random
+    with torch.no_grad(), torch.autocast(model.device.type, dtype=torch.bfloat16 if model.device.type == "cpu"
+                                         else torch.float16, enabled=amp):
+        return {k: float(v) for k, v in model(batch).items()}
+
+
 def median(values):
     return sorted(values)[len(values) // 2]
 
@@ -59,6 +76,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", default="configs/shapes_world/maskformer2_R18_panoptic.yaml")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--deform-attn-impls", nargs="+", choices=["auto", "pytorch", "cpp", "triton"],
+                        help="alternate the iterations between these deformable-attention implementations")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[])
     args = parser.parse_args()
 
@@ -72,18 +91,36 @@ def main():
     loader = iter(Trainer.build_train_loader(cfg))
     batches = [next(loader) for _ in range(args.repeats + 2)]
 
-    times = {s: [] for s in STAGES}
+    impls = args.deform_attn_impls or [None]
+    if len(impls) > 1:
+        losses = {}
+        for impl in impls:
+            set_deform_attn_impl(model, impl)
+            losses[impl] = first_batch_losses(model, batches[0], cfg.SOLVER.AMP.ENABLED)
+        worst = max(abs(losses[i][k] - losses[impls[0]][k]) for i in impls for k in losses[i])
+        print(f"first-batch losses, largest difference between {' / '.join(impls)}: {worst:.2e} "
+              f"(total {' / '.join(f'{sum(v.values()):.6f}' for v in losses.values())})")
+    times = {impl: {s: [] for s in STAGES} for impl in impls}
     for i, batch in enumerate(batches):
-        t = train_step(model, optimizer, batch, cfg.SOLVER.AMP.ENABLED)
-        if i >= 2:  # two warm-ups
-            for s in STAGES:
-                times[s].append(t[s])
-    total = sum(median(v) for v in times.values())
+        for impl in impls:  # alternate, so that drift of the machine hits every implementation alike
+            if impl:
+                set_deform_attn_impl(model, impl)
+            t = train_step(model, optimizer, batch, cfg.SOLVER.AMP.ENABLED)
+            if i >= 2:  # two warm-ups
+                for s in STAGES:
+                    times[impl][s].append(t[s])
     print(f"config: {args.config_file} {' '.join(args.opts)}; batch {cfg.SOLVER.IMS_PER_BATCH}, "
           f"autocast {cfg.SOLVER.AMP.ENABLED}, {torch.get_num_threads()} threads, median of {args.repeats}")
-    for s in STAGES:
-        print(f"{s:20s} {median(times[s]) * 1e3:8.1f} ms  {median(times[s]) / total:5.1%}")
-    print(f"{'total':20s} {total * 1e3:8.1f} ms")
+    totals = {}
+    for impl in impls:
+        total = totals[impl] = sum(median(v) for v in times[impl].values())
+        if impl:
+            print(f"deformable attention: {impl}")
+        for s in STAGES:
+            print(f"{s:20s} {median(times[impl][s]) * 1e3:8.1f} ms  {median(times[impl][s]) / total:5.1%}")
+        print(f"{'total':20s} {total * 1e3:8.1f} ms")
+    if len(impls) > 1:
+        print("speed-up vs " + impls[0] + ": " + ", ".join(f"{i} {totals[impls[0]] / totals[i]:.2f}x" for i in impls[1:]))
 
     # Optimizer step: the built (fused where supported) optimizer vs the per-parameter loop, same gradients.
     fused = optimizer.param_groups[0].get("fused")

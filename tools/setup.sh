@@ -4,6 +4,7 @@
 #   1. a virtual environment with torch==2.14.1 and torchvision==0.29.1
 #   2. detectron2 >= 0.6: reused if importable, else built pure-Python by tools/install_detectron2.py
 #   3. this package (pip install -e .) with its dependencies, panopticapi (PQ evaluator) and pytest
+#   4. the C++ deformable-attention kernel, compiled into torch's extension cache when a C++ compiler exists
 #
 # Run it as `bash tools/setup.sh`; afterwards .venv/bin/python has everything.
 # Environment: PYTHON (interpreter used to create the venv, default python3), VENV (default .venv).
@@ -52,6 +53,14 @@ if ! "$PY" -c "from panopticapi.evaluation import pq_compute" 2>/dev/null; then
     step "installing panopticapi (panopticapi-lite, without its unneeded numpy<2/scikit-image pins)"
     "${PIP[@]}" install --no-deps "panopticapi-lite==0.2.0" || fail "pip install panopticapi-lite"
 fi
+
+step "building the C++ deformable-attention kernel (skipped without a C++ compiler; then the PyTorch op runs)"
+# Optional: a failure only means the pure-PyTorch op is used, so it must not fail set-up.
+"$PY" -c "
+from mask2former.ops.ms_deform_attn_cpp import cpp_unavailable
+reason = cpp_unavailable()
+print('[setup] C++ kernel ready' if reason is None else f'[setup] C++ kernel not built ({reason}); using the PyTorch op')
+" || step "C++ kernel check failed; the PyTorch op will be used"
 
 "$PY" -c "import torch, detectron2, mask2former; from panopticapi.evaluation import pq_compute" \
     || fail "final import check (torch, detectron2, mask2former, panopticapi)"

@@ -1,4 +1,4 @@
 """Low-level tensor ops used by the modules in :mod:`mask2former.modeling`."""
-from .ms_deform_attn import ms_deform_attn
+from .ms_deform_attn import ms_deform_attn, ms_deform_attn_pytorch, resolve_impl
 
-__all__ = ["ms_deform_attn"]
+__all__ = ["ms_deform_attn", "ms_deform_attn_pytorch", "resolve_impl"]

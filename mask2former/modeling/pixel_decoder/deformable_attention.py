@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from ...ops.ms_deform_attn import ms_deform_attn
+from ...ops.ms_deform_attn import ms_deform_attn, resolve_impl
 
 
 class MSDeformAttn(nn.Module):
@@ -19,9 +19,10 @@ class MSDeformAttn(nn.Module):
         n_levels: number of feature levels.
         n_heads: attention heads; d_model must be divisible by it.
         n_points: sampling points per head and level.
+        impl: the op's implementation, "auto", "pytorch", "cpp" or "triton" (:func:`ms_deform_attn`).
     """
 
-    def __init__(self, d_model=256, n_levels=4, n_heads=8, n_points=4):
+    def __init__(self, d_model=256, n_levels=4, n_heads=8, n_points=4, impl="auto"):
         super().__init__()
         if d_model % n_heads != 0:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
@@ -29,6 +30,7 @@ class MSDeformAttn(nn.Module):
         self.n_levels = n_levels
         self.n_heads = n_heads
         self.n_points = n_points
+        self.impl = impl
 
         self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
@@ -76,9 +78,11 @@ class MSDeformAttn(nn.Module):
         # Offsets are in pixels of each level: divide by (W_l, H_l).
         normalizer = input_spatial_shapes.flip(-1).to(offsets.dtype)  # (L, 2) as (W, H)
         locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        # Sampling positions need fp32 precision: under autocast, run the op in fp32.
+        # Sampling positions need fp32 precision: under autocast, locations and weights stay fp32. The kernels
+        # read low-precision values and accumulate in fp32; the pure-PyTorch op runs wholly in fp32.
+        impl = resolve_impl(self.impl, value)
+        if impl == "pytorch":
+            value = value.float()
         with torch.autocast(device_type=value.device.type, enabled=False):
-            output = ms_deform_attn(
-                value.float(), input_spatial_shapes, locations.float(), weights.float()
-            )
+            output = ms_deform_attn(value, input_spatial_shapes, locations.float(), weights.float(), impl=impl)
         return self.output_proj(output.to(query.dtype))

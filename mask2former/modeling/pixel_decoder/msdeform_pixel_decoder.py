@@ -21,9 +21,10 @@ from .deformable_attention import MSDeformAttn
 class MSDeformAttnEncoderLayer(nn.Module):
     """Deformable self-attention over all levels, then a feed-forward block (post-norm)."""
 
-    def __init__(self, d_model=256, d_ffn=1024, dropout=0.1, n_levels=4, n_heads=8, n_points=4):
+    def __init__(self, d_model=256, d_ffn=1024, dropout=0.1, n_levels=4, n_heads=8, n_points=4,
+                 deform_attn_impl="auto"):
         super().__init__()
-        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, impl=deform_attn_impl)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, d_ffn)
@@ -44,13 +45,14 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
     """Stack of deformable encoder layers over flattened multi-level features with level embeddings."""
 
     def __init__(self, d_model=256, nhead=8, num_encoder_layers=6, dim_feedforward=1024, dropout=0.1,
-                 num_feature_levels=4, enc_n_points=4):
+                 num_feature_levels=4, enc_n_points=4, deform_attn_impl="auto"):
         super().__init__()
         self.d_model = d_model
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
         self.encoder = nn.Module()
         self.encoder.layers = nn.ModuleList(
-            MSDeformAttnEncoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, nhead, enc_n_points)
+            MSDeformAttnEncoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, nhead, enc_n_points,
+                                     deform_attn_impl)
             for _ in range(num_encoder_layers)
         )
         for p in self.parameters():
@@ -128,6 +130,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         transformer_in_features: List[str],
         common_stride: int,
         num_points: int = 4,
+        deform_attn_impl: str = "auto",
     ):
         super().__init__()
         for name in transformer_in_features:
@@ -162,6 +165,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             num_encoder_layers=transformer_enc_layers,
             num_feature_levels=self.transformer_num_feature_levels,
             enc_n_points=num_points,
+            deform_attn_impl=deform_attn_impl,
         )
         self.pe_layer = PositionEmbeddingSine(conv_dim // 2, normalize=True)
 
@@ -205,6 +209,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             "transformer_in_features": head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES,
             "common_stride": head.COMMON_STRIDE,
             "num_points": head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS,
+            "deform_attn_impl": head.DEFORM_ATTN_IMPL,
         }
 
     def forward_features(self, features):
