@@ -174,10 +174,12 @@ def instance_inference(mask_cls, mask_pred, *, topk, thing_ids=None, score_thres
     final_scores = scores_per_image * mask_scores[candidate_mask]
     if score_threshold > 0:
         keep = final_scores >= score_threshold
-        candidate_mask, final_scores, labels_per_image = candidate_mask[keep], final_scores[keep], labels_per_image[keep]
+        candidate_mask, final_scores, labels_per_image = (
+            candidate_mask[keep], final_scores[keep], labels_per_image[keep])
     if nms_threshold < 1.0:
         keep = mask_nms(masks[candidate_mask], final_scores, labels_per_image, nms_threshold)
-        candidate_mask, final_scores, labels_per_image = candidate_mask[keep], final_scores[keep], labels_per_image[keep]
+        candidate_mask, final_scores, labels_per_image = (
+            candidate_mask[keep], final_scores[keep], labels_per_image[keep])
 
     result = Instances(tuple(masks.shape[-2:]))
     result.pred_masks = masks[candidate_mask]
