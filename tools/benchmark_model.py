@@ -17,7 +17,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from train_net import build_config  # noqa: E402  (imports mask2former, then detectron2 quietly)
@@ -53,9 +52,9 @@ def run_stages(model, image):
     times["transformer_decoder"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    mask_pred = F.interpolate(outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear",
-                              align_corners=False)
-    model.inference_single(outputs["pred_logits"][0], mask_pred[0], images.image_sizes[0], height, width)
+    # as MaskFormer.forward does: the decoder's masks with the padded size, each task upsamples what it keeps
+    model.inference_single(outputs["pred_logits"][0], outputs["pred_masks"][0], images.image_sizes[0], height, width,
+                           padded_size=images.tensor.shape[-2:])
     times["postprocess"] = time.perf_counter() - start
     return times
 

@@ -12,7 +12,7 @@ from detectron2.utils.memory import retry_if_cuda_oom
 from torch import nn
 
 from ..criterion import build_criterion
-from ..postprocessing import instance_inference, panoptic_inference, resize_to_output, semantic_inference
+from ..postprocessing import MaskUpsampler, instance_inference, panoptic_inference, semantic_inference
 
 
 def dataset_metadata(cfg):
@@ -116,10 +116,13 @@ class MaskFormer(nn.Module):
 
     def forward(self, batched_inputs):
         if not self.training:
+            # The decoder's masks go to post-processing at their own resolution with the padded size, so that
+            # each task upsamples only the queries it keeps.
             return [
                 self.inference_single(q["pred_logits"], q["pred_masks"], q["image_size"],
-                                      x.get("height", q["image_size"][0]), x.get("width", q["image_size"][1]))
-                for q, x in zip(self.predict_queries(batched_inputs), batched_inputs)
+                                      x.get("height", q["image_size"][0]), x.get("width", q["image_size"][1]),
+                                      padded_size=q["padded_size"])
+                for q, x in zip(self.predict_queries(batched_inputs, upsample=False), batched_inputs)
             ]
         if "instances" not in batched_inputs[0]:
             raise ValueError("training inputs need 'instances' (gt_classes, gt_masks); check the dataset "
@@ -131,23 +134,30 @@ class MaskFormer(nn.Module):
         weights = self.criterion.weight_dict
         return {k: v * weights[k] for k, v in losses.items() if k in weights}
 
-    def predict_queries(self, batched_inputs):
+    def predict_queries(self, batched_inputs, upsample=True):
         """The decoder's final query predictions, before any post-processing.
 
         Returns:
             per image a dict with "pred_logits" (Q, K+1) class logits, "pred_masks" (Q, H', W') mask logits
-            upsampled to the padded batch size (H', W'), and "image_size" (h, w) of the unpadded input in it.
+            upsampled to the padded batch size (H', W') (with ``upsample=False``: at the decoder's resolution,
+            1/4 of it), "padded_size" (H', W') and "image_size" (h, w) of the unpadded input in it.
         """
         images = self.preprocess_image(batched_inputs)
         outputs = self.sem_seg_head(self.backbone(images.tensor))
-        mask_pred_results = F.interpolate(outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear",
-                                          align_corners=False)
-        return [{"pred_logits": mask_cls, "pred_masks": mask_pred, "image_size": image_size}
+        padded_size = tuple(images.tensor.shape[-2:])
+        mask_pred_results = outputs["pred_masks"]
+        if upsample:
+            mask_pred_results = F.interpolate(mask_pred_results, size=padded_size, mode="bilinear",
+                                              align_corners=False)
+        return [{"pred_logits": mask_cls, "pred_masks": mask_pred, "image_size": image_size,
+                 "padded_size": padded_size}
                 for mask_cls, mask_pred, image_size in zip(outputs["pred_logits"], mask_pred_results,
                                                            images.image_sizes)]
 
-    def inference_single(self, mask_cls, mask_pred, image_size, height, width, tasks=None):
-        """Post-process one image: mask_cls (Q, K+1), mask_pred (Q, H', W') at the padded input size.
+    def inference_single(self, mask_cls, mask_pred, image_size, height, width, tasks=None, padded_size=None):
+        """Post-process one image: mask_cls (Q, K+1), mask_pred (Q, H', W') at the padded input size, or at the
+        decoder's resolution when ``padded_size`` (H', W') is given (each task then upsamples only the queries
+        it keeps, with the same results).
 
         ``tasks``: the outputs to compute, a subset of ("semantic", "panoptic", "instance"); by default those
         that MODEL.MASK_FORMER.TEST.{SEMANTIC,PANOPTIC,INSTANCE}_ON enable.
@@ -160,23 +170,30 @@ class MaskFormer(nn.Module):
             raise ValueError(f"inference_single: unknown tasks {sorted(unknown)}; choose from 'semantic', "
                              "'panoptic', 'instance'")
         result = {}
-        if self.sem_seg_postprocess_before_inference:
-            mask_pred = retry_if_cuda_oom(resize_to_output)(mask_pred, image_size, height, width)
-            mask_cls = mask_cls.to(mask_pred)
+        padded_size = tuple(mask_pred.shape[-2:]) if padded_size is None else tuple(padded_size)
+        to_padded = MaskUpsampler(padded_size)
+        upsample = (MaskUpsampler(padded_size, image_size, (height, width))
+                    if self.sem_seg_postprocess_before_inference else to_padded)
+        mask_cls = mask_cls.to(mask_pred)
         if "semantic" in tasks:
+            # Semantic needs every query at full resolution (official order: resize the logits, then combine);
+            # the other tasks then take their queries from it instead of upsampling them again.
+            mask_pred = retry_if_cuda_oom(upsample)(mask_pred)
+            upsample = None
             r = retry_if_cuda_oom(semantic_inference)(mask_cls, mask_pred)
             if not self.sem_seg_postprocess_before_inference:
-                r = retry_if_cuda_oom(resize_to_output)(r, image_size, height, width)
+                r = retry_if_cuda_oom(MaskUpsampler(None, image_size, (height, width)))(r)
             result["sem_seg"] = r
         if "panoptic" in tasks:
             result["panoptic_seg"] = retry_if_cuda_oom(panoptic_inference)(
                 mask_cls, mask_pred, thing_ids=self.thing_ids, object_mask_threshold=self.object_mask_threshold,
-                overlap_threshold=self.overlap_threshold)
+                overlap_threshold=self.overlap_threshold, upsample=upsample)
         if "instance" in tasks:
             result["instances"] = retry_if_cuda_oom(instance_inference)(
                 mask_cls, mask_pred, topk=self.test_topk_per_image,
                 thing_ids=self.thing_ids if self.panoptic_on else None,
-                score_threshold=self.instance_score_threshold, nms_threshold=self.instance_nms_threshold)
+                score_threshold=self.instance_score_threshold, nms_threshold=self.instance_nms_threshold,
+                upsample=upsample)
         return result
 
     def prepare_targets(self, targets, images):
