@@ -193,6 +193,9 @@ def test_denoising_queries_start_from_their_noised_targets():
     assert labels[0].tolist() == [1, 3] * groups and labels[1].tolist() == [1, 5] * groups
     with pytest.raises(ValueError, match="DN.NUM_GROUPS"):
         model.sem_seg_head(features)
+    # A batch without any target has nothing to denoise (and no empty loss).
+    empty = [{"labels": t["labels"][:0], "masks": t["masks"][:0]} for t in targets]
+    assert "dn_outputs" not in model.sem_seg_head(features, targets=empty)
 
 
 def test_noised_masks_move_and_rescale_within_the_noise():

@@ -286,6 +286,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                                  "with targets=")
             dn = denoising_queries(targets, self.dn_groups, self.num_classes, self.dn_label_noise,
                                    self.dn_mask_noise, mask_features.shape[-2:])
+            if dn[0].shape[1] == 0:  # no targets in the whole batch: nothing to denoise
+                dn = None
+        if dn is not None:
             dn_content = self.dn_label_embed(dn[0]).transpose(0, 1)  # (G * M, N, C)
             groups = [(dn_content, torch.zeros_like(dn_content), dn_content)] + groups
         sizes_q = [g[0].shape[0] for g in groups]
