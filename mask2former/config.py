@@ -69,6 +69,24 @@ def add_maskformer2_config(cfg):
     # Ours (not in the official code): weight of an auxiliary per-pixel cross-entropy over the K classes, from a
     # 1x1 convolution on the mask features, used only in training (0 = off: no extra parameters, as official).
     mf.AUX_SEM_SEG_WEIGHT = 0.0
+    # Ours: training switches for a faster start from scratch (docs/RESULTS.md, "Fast-start training switches"),
+    # all off (as official). They change training only; inference uses the NUM_OBJECT_QUERIES matching queries.
+    # - query selection (two-stage, as in Mask DINO): the initial queries are the top-scoring memory tokens of
+    #   the pixel decoder, their predicted masks the first attention masks (needs DEEP_SUPERVISION);
+    mf.QUERY_SELECTION = False
+    # - denoising queries (DN-DETR, Mask DINO): NUM_GROUPS copies of the ground truth with labels replaced at
+    #   rate LABEL_NOISE and masks moved / rescaled by up to MASK_NOISE of their box, each trained to
+    #   reconstruct its own target (0 groups = off);
+    mf.DN = CN()
+    mf.DN.NUM_GROUPS = 0
+    mf.DN.LABEL_NOISE = 0.2
+    mf.DN.MASK_NOISE = 0.4
+    # - one-to-many matching (H-DETR): NUM_QUERIES extra queries matched to the ground truth repeated K times,
+    #   their losses weighted by WEIGHT (0 queries = off).
+    mf.ONE_TO_MANY = CN()
+    mf.ONE_TO_MANY.NUM_QUERIES = 0
+    mf.ONE_TO_MANY.K = 6
+    mf.ONE_TO_MANY.WEIGHT = 1.0
     mf.NHEADS = 8
     mf.DROPOUT = 0.1
     mf.DIM_FEEDFORWARD = 2048

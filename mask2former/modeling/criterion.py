@@ -12,6 +12,14 @@ With deep supervision the same losses are applied to every intermediate predicti
 matched on its own, with keys suffixed ``_0``, ``_1``, ... . Video clips use the same code: a (T, H, W)
 instance mask is matched as a whole, and its T frames count as T rows of the mask losses.
 
+With the decoder's training-only query groups (ours, docs/RESULTS.md, "Fast-start training switches"), the same
+losses, suffixed ``_dn`` / ``_o2m`` before the layer index, are also applied to
+
+* "dn_outputs", the denoising queries, each against its own target (fixed indices, no matching; padding
+  slots carry no loss), normalised by the number of target masks times the number of groups;
+* "o2m_outputs", the one-to-many queries, matched to the targets repeated ``o2m_repeats`` times,
+  normalised by the number of target masks times ``o2m_repeats``.
+
 Optionally (ours, MODEL.MASK_FORMER.AUX_SEM_SEG_WEIGHT > 0), once per batch rather than per decoder layer:
 
 * ``loss_aux_sem_seg``: per-pixel cross-entropy over the K classes of the head's auxiliary semantic logits,
@@ -103,6 +111,7 @@ class SetCriterion(nn.Module):
         oversample_ratio: float,
         importance_sample_ratio: float,
         check_label_values: bool = False,
+        o2m_repeats: int = 1,
     ):
         """
         Args:
@@ -119,6 +128,7 @@ class SetCriterion(nn.Module):
             check_label_values: also check that every target label lies in [0, num_classes). Off by default:
                 the dataset mappers check category ids where they enter, and this check waits for the device
                 (a host sync) at every step; turn it on to debug hand-made targets.
+            o2m_repeats: how many times the targets are repeated for the one-to-many queries' matching.
         """
         super().__init__()
         unknown = [name for name in losses if name not in self.LOSSES]
@@ -139,6 +149,7 @@ class SetCriterion(nn.Module):
         self.num_points = num_points
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
+        self.o2m_repeats = o2m_repeats
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = eos_coef
         self.register_buffer("empty_weight", empty_weight)
@@ -164,8 +175,11 @@ class SetCriterion(nn.Module):
         target_classes[batch_idx.to(logits.device), src_idx.to(logits.device)] = matched_labels.to(
             device=logits.device, dtype=torch.int64
         )
+        if "query_valid" in outputs:  # denoising padding slots: no target, no loss
+            target_classes = target_classes.masked_fill(~outputs["query_valid"], IGNORE)
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            loss_ce = F.cross_entropy(logits.float().transpose(1, 2), target_classes, self.empty_weight)
+            loss_ce = F.cross_entropy(logits.float().transpose(1, 2), target_classes, self.empty_weight,
+                                      ignore_index=IGNORE)
         return {"loss_ce": loss_ce}
 
     def loss_masks(self, outputs, targets, indices, num_masks) -> Dict[str, torch.Tensor]:
@@ -241,21 +255,40 @@ class SetCriterion(nn.Module):
         # (the semantic targets below read the masks as they came).
         device = outputs["pred_masks"].device
         set_targets = [{**t, "masks": t["masks"].to(device=device, dtype=torch.float32)} for t in targets]
-        last = {k: v for k, v in outputs.items() if k != "aux_outputs"}
         num_masks = self._num_masks(targets, outputs["pred_logits"].device)
 
-        losses = {}
-        set_losses = [loss for loss in self.losses if loss != "sem_seg"]
-        indices = self.matcher(last, set_targets)
-        for loss in set_losses:
-            losses.update(self.get_loss(loss, last, set_targets, indices, num_masks))
-        for i, aux in enumerate(outputs.get("aux_outputs", [])):
-            indices = self.matcher(aux, set_targets)
-            for loss in set_losses:
-                l_dict = self.get_loss(loss, aux, set_targets, indices, num_masks)
-                losses.update({f"{k}_{i}": v for k, v in l_dict.items()})
+        main = {k: v for k, v in outputs.items() if k not in ("dn_outputs", "o2m_outputs")}
+        losses = self._set_losses(main, set_targets, lambda out: self.matcher(out, set_targets), num_masks, "")
+        if "dn_outputs" in outputs:
+            dn = outputs["dn_outputs"]
+            losses.update(self._set_losses(dn, set_targets, lambda out: dn["indices"],
+                                           num_masks * dn["num_groups"], "_dn"))
+        if "o2m_outputs" in outputs:
+            losses.update(self._set_losses(
+                outputs["o2m_outputs"], set_targets,
+                lambda out: self.matcher(out, set_targets, repeats=self.o2m_repeats),
+                num_masks * self.o2m_repeats, "_o2m"))
         if "sem_seg" in self.losses:
             losses.update(self.loss_sem_seg(outputs, targets))
+        return losses
+
+    def _set_losses(self, outputs: Dict, targets, match, num_masks: float, suffix: str) -> Dict[str, torch.Tensor]:
+        """The set losses of a prediction and of its "aux_outputs" (None entries carry no loss), each output
+        assigned by ``match(output) -> indices``; keys ``loss_ce{suffix}`` and ``loss_ce{suffix}_{i}``, ..."""
+        set_losses = [loss for loss in self.losses if loss != "sem_seg"]
+        last = {k: v for k, v in outputs.items() if k != "aux_outputs"}
+        losses = {}
+        indices = match(last)
+        for loss in set_losses:
+            l_dict = self.get_loss(loss, last, targets, indices, num_masks)
+            losses.update({f"{k}{suffix}": v for k, v in l_dict.items()})
+        for i, aux in enumerate(outputs.get("aux_outputs", [])):
+            if aux is None:
+                continue
+            indices = match(aux)
+            for loss in set_losses:
+                l_dict = self.get_loss(loss, aux, targets, indices, num_masks)
+                losses.update({f"{k}{suffix}_{i}": v for k, v in l_dict.items()})
         return losses
 
     def _check_targets(self, targets: List[Dict[str, torch.Tensor]]) -> None:
@@ -358,6 +391,19 @@ def build_criterion(cfg) -> SetCriterion:
     if mf.AUX_SEM_SEG_WEIGHT > 0:
         losses.append("sem_seg")
         weight_dict["loss_aux_sem_seg"] = mf.AUX_SEM_SEG_WEIGHT
+    base = {"loss_ce": mf.CLASS_WEIGHT, "loss_mask": mf.MASK_WEIGHT, "loss_dice": mf.DICE_WEIGHT}
+    aux_layers = range(mf.DEC_LAYERS - 1) if mf.DEEP_SUPERVISION else range(0)
+    if mf.DN.NUM_GROUPS > 0:
+        # Layer 0 (the prediction before any layer) has not seen the noised masks: not trained.
+        weight_dict.update({f"{k}_dn": v for k, v in base.items()})
+        weight_dict.update({f"{k}_dn_{i}": v for k, v in base.items() for i in aux_layers if i > 0})
+    if mf.ONE_TO_MANY.NUM_QUERIES > 0:
+        if mf.ONE_TO_MANY.K < 1 or mf.ONE_TO_MANY.WEIGHT < 0:
+            raise ValueError("MODEL.MASK_FORMER.ONE_TO_MANY.K must be >= 1 and ONE_TO_MANY.WEIGHT >= 0, got "
+                             f"{mf.ONE_TO_MANY.K} and {mf.ONE_TO_MANY.WEIGHT}")
+        w = mf.ONE_TO_MANY.WEIGHT
+        weight_dict.update({f"{k}_o2m": v * w for k, v in base.items()})
+        weight_dict.update({f"{k}_o2m_{i}": v * w for k, v in base.items() for i in aux_layers})
     return SetCriterion(
         cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
         matcher=matcher,
@@ -367,4 +413,5 @@ def build_criterion(cfg) -> SetCriterion:
         num_points=mf.TRAIN_NUM_POINTS,
         oversample_ratio=mf.OVERSAMPLE_RATIO,
         importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
+        o2m_repeats=mf.ONE_TO_MANY.K,
     )

@@ -83,17 +83,21 @@ class HungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def forward(
-        self, outputs: Dict[str, torch.Tensor], targets: List[Dict[str, torch.Tensor]]
+        self, outputs: Dict[str, torch.Tensor], targets: List[Dict[str, torch.Tensor]], repeats: int = 1
     ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
         """
         Args:
             outputs: {"pred_logits": (B, Q, K + 1), "pred_masks": (B, Q, H, W) or (B, Q, T, H, W)}.
             targets: B dicts {"labels": (N,) int64, "masks": (N, H', W') or (N, T, H', W')}.
+            repeats: match to every target repeated this many times (one-to-many matching, H-DETR): up to
+                ``repeats`` queries per target; the cost is computed once and tiled.
 
         Returns:
-            B pairs (index_i, index_j) of int64 CPU tensors of length min(Q, N): query index_i[k] is matched
-            to target index_j[k].
+            B pairs (index_i, index_j) of int64 CPU tensors of length min(Q, repeats * N): query index_i[k] is
+            matched to target index_j[k].
         """
+        if repeats < 1:
+            raise ValueError(f"HungarianMatcher: repeats (MODEL.MASK_FORMER.ONE_TO_MANY.K) must be >= 1, got {repeats}")
         pred_logits, pred_masks = outputs["pred_logits"], outputs["pred_masks"]
         if pred_logits.dim() != 3:
             raise ValueError(f"HungarianMatcher: pred_logits must be (B, Q, K+1), got {tuple(pred_logits.shape)}")
@@ -114,8 +118,12 @@ class HungarianMatcher(nn.Module):
                     "HungarianMatcher: the matching cost contains NaN or Inf (are the predicted logits or masks "
                     "non-finite, i.e. has training diverged?)"
                 )
+            num_targets = cost.shape[1]
+            if repeats > 1:
+                cost = cost.repeat(1, repeats)
             rows, cols = linear_sum_assignment(cost.numpy())
-            indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
+            cols = torch.as_tensor(cols, dtype=torch.int64)
+            indices.append((torch.as_tensor(rows, dtype=torch.int64), cols % max(num_targets, 1)))
         return indices
 
     @torch.no_grad()

@@ -76,22 +76,27 @@ class MaskFormerHead(nn.Module):
                     state_dict[prefix + "pixel_decoder." + rest] = state_dict.pop(k)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
 
-    def forward(self, features, mask=None):
-        return self.decode(features, *self.pixel_decoder.forward_features(features), mask=mask)
+    def forward(self, features, mask=None, targets=None):
+        return self.decode(features, *self.pixel_decoder.forward_features(features), mask=mask, targets=targets)
 
-    def decode(self, features, mask_features, encoder_features, multi_scale_features, mask=None):
-        """The transformer decoder (and, in training, the auxiliary classifier) on the pixel decoder's outputs."""
+    def decode(self, features, mask_features, encoder_features, multi_scale_features, mask=None, targets=None):
+        """The transformer decoder (and, in training, the auxiliary classifier) on the pixel decoder's outputs.
+
+        ``targets`` (training only) reach the decoder when it has denoising queries (MODEL.MASK_FORMER.DN), so
+        that decoders without them keep the plain ``(x, mask_features, mask)`` interface.
+        """
+        extra = {"targets": targets} if getattr(self.predictor, "dn_groups", 0) else {}
         if self.transformer_in_feature == "multi_scale_pixel_decoder":
-            outputs = self.predictor(multi_scale_features, mask_features, mask)
+            outputs = self.predictor(multi_scale_features, mask_features, mask, **extra)
         elif self.transformer_in_feature == "transformer_encoder":
             if encoder_features is None:
                 raise ValueError("TRANSFORMER_IN_FEATURE 'transformer_encoder' needs a pixel decoder with an "
                                  "encoder (MSDeformAttnPixelDecoder)")
-            outputs = self.predictor(encoder_features, mask_features, mask)
+            outputs = self.predictor(encoder_features, mask_features, mask, **extra)
         elif self.transformer_in_feature == "pixel_embedding":
-            outputs = self.predictor(mask_features, mask_features, mask)
+            outputs = self.predictor(mask_features, mask_features, mask, **extra)
         else:
-            outputs = self.predictor(features[self.transformer_in_feature], mask_features, mask)
+            outputs = self.predictor(features[self.transformer_in_feature], mask_features, mask, **extra)
         if self.aux_sem_seg_predictor is not None and self.training:
             outputs["aux_sem_seg"] = self.aux_sem_seg_predictor(mask_features)
         return outputs

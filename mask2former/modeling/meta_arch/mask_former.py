@@ -128,8 +128,9 @@ class MaskFormer(nn.Module):
             raise ValueError("training inputs need 'instances' (gt_classes, gt_masks); check the dataset "
                              "mapper (INPUT.DATASET_MAPPER_NAME)")
         images = self.preprocess_image(batched_inputs)
-        outputs = self.sem_seg_head(self.backbone(images.tensor))
         targets = self.prepare_targets([x["instances"].to(self.device) for x in batched_inputs], images)
+        # The targets also reach the decoder, whose denoising queries (MODEL.MASK_FORMER.DN) are noised targets.
+        outputs = self.sem_seg_head(self.backbone(images.tensor), targets=targets)
         losses = self.criterion(outputs, targets)
         weights = self.criterion.weight_dict
         return {k: v * weights[k] for k, v in losses.items() if k in weights}

@@ -45,6 +45,12 @@ class VideoMultiScaleMaskedTransformerDecoder(MultiScaleMaskedTransformerDecoder
 
     @classmethod
     def from_config(cls, cfg, in_channels, mask_classification):
+        mf = cfg.MODEL.MASK_FORMER
+        for key, on in (("QUERY_SELECTION", mf.QUERY_SELECTION), ("DN.NUM_GROUPS", mf.DN.NUM_GROUPS),
+                        ("ONE_TO_MANY.NUM_QUERIES", mf.ONE_TO_MANY.NUM_QUERIES)):
+            if on:
+                raise ValueError(f"MODEL.MASK_FORMER.{key} is a training switch of the image decoder; the video "
+                                 "decoder does not implement it (turn it off for VideoMaskFormer)")
         ret = super().from_config(cfg, in_channels, mask_classification)
         ret["num_frames"] = cfg.INPUT.SAMPLING_FRAME_NUM
         return ret
@@ -59,7 +65,7 @@ class VideoMultiScaleMaskedTransformerDecoder(MultiScaleMaskedTransformerDecoder
                 f"INPUT.SAMPLING_FRAME_NUM = {self.num_frames} (frames per clip)")
         return num_images // self.num_frames, self.num_frames
 
-    def forward(self, x, mask_features, mask=None):
+    def forward(self, x, mask_features, mask=None, targets=None):
         if len(x) != self.num_feature_levels:
             raise ValueError(f"expected {self.num_feature_levels} feature levels, got {len(x)}")
         bs, t = self.clip_shape(mask_features.shape[0])
