@@ -209,6 +209,16 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x, mask_features, mask=None):
+        return self.decode(*self.prepare_memory(x), mask_features)
+
+    def prepare_memory(self, x):
+        """The image's multi-scale features as attention memory.
+
+        Args:
+            x: 3 tensors (N, C_in, H_l, W_l), coarsest first.
+        Returns:
+            src, pos: per level, memory and its positional encoding (H_l * W_l, N, C); sizes: per level (H_l, W_l).
+        """
         if len(x) != self.num_feature_levels:
             raise ValueError(f"expected {self.num_feature_levels} feature levels, got {len(x)}")
         src, pos, sizes = [], [], []
@@ -217,9 +227,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             pos.append(self.pe_layer(x[i]).flatten(2).permute(2, 0, 1))  # (HW, N, C)
             feat = self.input_proj[i](x[i]).flatten(2) + self.level_embed.weight[i][None, :, None]
             src.append(feat.permute(2, 0, 1))
-        return self.decode(src, pos, sizes, mask_features)
+        return src, pos, sizes
 
-    def decode(self, src, pos, sizes, mask_features):
+    def decode(self, src, pos, sizes, mask_features, queries=None, attn_masks=None, query_padding_mask=None):
         """The query refinement loop over prepared memory (shared by the image and video decoders).
 
         Args:
@@ -227,10 +237,18 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                 T * h * w for video clips).
             sizes: per level, the (h, w) the attention masks are resized to.
             mask_features: per-pixel embeddings that ``forward_prediction_heads`` expects.
+            queries: optional (content, position), each (Q, N, C), in place of the learnable queries.
+            attn_masks: optional fixed attention masks, one per level (N * heads, Q, L) bool, in place of the
+                ones predicted by the previous layer (the mask classifier attends inside given masks).
+            query_padding_mask: optional (N, Q) bool, True for padding queries that other queries must not
+                attend to in self-attention.
         """
         bs = src[0].shape[1]
-        query_pos = self.query_embed.weight.unsqueeze(1).repeat(1, bs, 1)  # (Q, N, C)
-        output = self.query_feat.weight.unsqueeze(1).repeat(1, bs, 1)
+        if queries is None:
+            query_pos = self.query_embed.weight.unsqueeze(1).repeat(1, bs, 1)  # (Q, N, C)
+            output = self.query_feat.weight.unsqueeze(1).repeat(1, bs, 1)
+        else:
+            output, query_pos = queries
 
         classes, masks = [], []
         cls, msk, attn_mask = self.forward_prediction_heads(output, mask_features, sizes[0])
@@ -238,9 +256,12 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         masks.append(msk)
         for i in range(self.num_layers):
             level = i % self.num_feature_levels
+            if attn_masks is not None:
+                attn_mask = attn_masks[level]
             output = self.transformer_cross_attention_layers[i](
                 output, src[level], memory_mask=attn_mask, pos=pos[level], query_pos=query_pos)
-            output = self.transformer_self_attention_layers[i](output, query_pos=query_pos)
+            output = self.transformer_self_attention_layers[i](
+                output, tgt_key_padding_mask=query_padding_mask, query_pos=query_pos)
             output = self.transformer_ffn_layers[i](output)
             cls, msk, attn_mask = self.forward_prediction_heads(
                 output, mask_features, sizes[(i + 1) % self.num_feature_levels])
