@@ -166,8 +166,10 @@ class MaskClassifier(nn.Module):
             inst.scores, inst.pred_classes = probs[:, :-1].max(-1)
             inst.pred_masks = self._to_output(masks[i, :n, :h, :w].float(), out_h, out_w) >= 0.5
             if self.refine_masks:
-                refined = F.interpolate(outputs["pred_masks"][i : i + 1, :n].float(), size=(h_pad, w_pad),
-                                        mode="bilinear", align_corners=False)[0, :, :h, :w]
+                refined = outputs["pred_masks"][i, :n].float()
+                if n:
+                    refined = F.interpolate(refined[None], size=(h_pad, w_pad), mode="bilinear",
+                                            align_corners=False)[0, :, :h, :w]
                 inst.refined_masks = self._to_output(refined, out_h, out_w) > 0
             results.append({"instances": inst})
         return results
