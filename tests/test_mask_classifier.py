@@ -420,3 +420,25 @@ def test_tool_sam_checkpoint_is_optional(dataset, classifier_weights, tmp_path, 
                                "--sam-checkpoint", str(ckpt))) == 0
     instances = json.loads((tmp_path / "o" / "instances.json").read_text())
     assert len(instances) == len(masks[0]) and instances[0]["sam"] == {"predicted_iou": 0.5}
+
+
+def test_eval_tool_on_two_images(dataset, tmp_path, capsys):
+    DetectionCheckpointer(model_of(tiny_cfg("MaskFormer")), save_dir=str(tmp_path)).save("base")
+    DetectionCheckpointer(model_of(tiny_cfg()), save_dir=str(tmp_path)).save("cls")
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    try:
+        import eval_mask_classifier
+    finally:
+        sys.path.pop(0)
+    args = tool_args([], "", "", "")[tool_args([], "", "", "").index("MODEL.SEM_SEG_HEAD.CONVS_DIM"):]
+    results = eval_mask_classifier.main([
+        "--config-file", CONFIG, "--classifier-weights", str(tmp_path / "cls.pth"), "--baseline-weights",
+        str(tmp_path / "base.pth"), "--dataset", f"{PREFIX}_val_panoptic", "--output", str(tmp_path / "r.json"), *args])
+    for mask_set in ("clean", "perturbed"):
+        for method in ("baseline", "classifier"):
+            r = results[mask_set][method]
+            assert 0 <= r["top1"] <= r["top5"] <= 100 and 0 <= r["PQ"] <= 100 and r["num_masks"] > 0
+    # Clean masks are the ground truth: every one has a class.
+    assert results["clean"]["classifier"]["num_labelled"] == results["clean"]["classifier"]["num_masks"]
+    assert json.loads((tmp_path / "r.json").read_text())["num_images"] == 2
+    assert "| clean | classifier |" in capsys.readouterr().out
