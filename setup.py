@@ -31,5 +31,6 @@ setup(
         "tensorboard",
         "shapely",
     ],
-    extras_require={"test": ["pytest"]},
+    # sam: tools/classify_masks.py --sam-checkpoint runs Segment Anything's automatic mask generator.
+    extras_require={"test": ["pytest"], "sam": ["segment-anything"]},
 )
