@@ -28,6 +28,7 @@ import sys
 import tempfile
 
 import numpy as np
+import pycocotools.mask as mask_util
 import torch
 from PIL import Image
 from tqdm import tqdm
@@ -62,6 +63,9 @@ def parse_args(argv=None):
     p.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images (0: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the perturbations")
     p.add_argument("--output", default="", help="write the results as JSON here")
+    p.add_argument("--export-sam-json", default="", metavar="DIR",
+                   help="also write each image's perturbed masks as SAM-style JSON (DIR/NAME.json, RLE), "
+                        "input for tools/classify_masks.py")
     p.add_argument("opts", nargs=argparse.REMAINDER)
     return p.parse_args(argv)
 
@@ -131,6 +135,18 @@ def instances_of(masks, probs, thing_ids, topk):
     return inst
 
 
+def export_sam_json(masks, path):
+    """Masks as the automatic mask generator's output saved as JSON (COCO RLE segmentations)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    records = []
+    for m in masks:
+        rle = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
+        records.append({"segmentation": {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")},
+                        "area": int(m.sum()), "bbox": [float(v) for v in mask_util.toBbox(rle)]})
+    with open(path, "w") as f:
+        json.dump(records, f)
+
+
 def accuracy(probs, labels, num_classes, k):
     keep = labels < num_classes
     if not keep.any():
@@ -182,6 +198,9 @@ def main(argv=None):
             sets = {"clean": (gt_masks, gt_classes),
                     "perturbed": (perturbed, label_prompts(perturbed, gt_masks, gt_classes, is_thing, num_classes,
                                                            mp.MIN_PURITY, mp.MIN_COVERAGE))}
+            if args.export_sam_json:
+                export_sam_json(perturbed, os.path.join(args.export_sam_json, os.path.splitext(
+                    os.path.basename(d["file_name"]))[0] + ".json"))
             tensor = methods.inputs(image)
             query_probs, query_masks = methods.baseline_queries(tensor, h, w)
             inputs = [{"file_name": d["file_name"], "image_id": d["image_id"], "height": h, "width": w}]
