@@ -24,10 +24,17 @@ __all__ = ["MaskClassifierPredictor", "draw_labelled_masks", "resize_masks"]
 
 
 def resize_masks(masks: torch.Tensor, size) -> torch.Tensor:
-    """(P, H, W) bool -> (P, h, w) bool, bilinear then >= 0.5 (the model's own mask resizing rule)."""
-    if tuple(masks.shape[-2:]) == tuple(size) or len(masks) == 0:
-        return masks.new_zeros((len(masks),) + tuple(size)) if len(masks) == 0 else masks
-    return F.interpolate(masks[None].float(), size=tuple(size), mode="bilinear", align_corners=False)[0] >= 0.5
+    """(P, H, W) bool -> (P, h, w) bool, bilinear then >= 0.5; a mask that would vanish (thinner than a pixel
+    of the new size) keeps every pixel it touches, so that no given mask reaches the model empty."""
+    if len(masks) == 0:
+        return masks.new_zeros((0,) + tuple(size))
+    if tuple(masks.shape[-2:]) == tuple(size):
+        return masks
+    resized = F.interpolate(masks[None].float(), size=tuple(size), mode="bilinear", align_corners=False)[0] >= 0.5
+    vanished = ~resized.flatten(1).any(1)
+    if vanished.any():
+        resized[vanished] = F.adaptive_max_pool2d(masks[vanished].float(), tuple(size)) > 0
+    return resized
 
 
 class MaskClassifierPredictor:

@@ -442,3 +442,14 @@ def test_eval_tool_on_two_images(dataset, tmp_path, capsys):
     assert results["clean"]["classifier"]["num_labelled"] == results["clean"]["classifier"]["num_masks"]
     assert json.loads((tmp_path / "r.json").read_text())["num_images"] == 2
     assert "| clean | classifier |" in capsys.readouterr().out
+
+
+def test_resizing_keeps_thin_masks():
+    from demo.mask_classifier import resize_masks
+    masks = torch.zeros((2, 100, 100), dtype=torch.bool)
+    masks[0, 8:60, 8:60] = True
+    masks[1, 71, 30:90] = True  # one pixel thin, on a row that bilinear resizing to 1/4 does not sample
+    plain = torch.nn.functional.interpolate(masks[None].float(), size=(25, 25), mode="bilinear")[0] >= 0.5
+    assert not plain[1].any()
+    small = resize_masks(masks, (25, 25))
+    assert torch.equal(small[0], plain[0]) and small[1].any() and small[1].sum() <= 16

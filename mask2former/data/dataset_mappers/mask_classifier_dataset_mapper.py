@@ -48,7 +48,7 @@ class MaskClassifierDatasetMapper:
         self.max_prompts = max_prompts
         self.min_purity = min_purity
         self.min_coverage = min_coverage
-        self.rng = np.random.RandomState(seed) if seed is not None else np.random.mtrand._rand
+        self.rng = np.random.RandomState(seed) if seed is not None else np.random  # same API
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
