@@ -216,6 +216,19 @@ def test_mapper_gives_labelled_prompts(dataset):
         assert out["prompt_classes"].shape == (len(p),)
         assert ((out["prompt_classes"] >= 0) & (out["prompt_classes"] <= K)).all()
         assert "instances" not in out
+    # An instance dataset: every class is a thing; negatives fall outside the objects and are "no object".
+    cfg = tiny_cfg(**{"INPUT.MASK_PROMPTS.SOURCE_MAPPER_NAME": "mask_former_instance",
+                      "INPUT.MASK_PROMPTS.CLEAN_PROB": 1.0, "INPUT.MASK_PROMPTS.NUM_NEGATIVES": 2})
+    cfg.DATASETS.TRAIN = (f"{PREFIX}_val_instance",)
+    mapper = build_dataset_mapper(cfg, is_train=True)
+    assert mapper.thing_classes is None
+    mapper.rng = np.random.RandomState(0)
+    d = DatasetCatalog.get(f"{PREFIX}_val_instance")[0]
+    out = mapper(d)
+    labels = out["prompt_classes"].tolist()
+    num_objects = len(labels) - 2
+    assert num_objects > 0 and all(c < 7 for c in labels[:num_objects])
+    assert labels[num_objects] == K  # the background fragment (then a random blob, labelled by what it covers)
     with pytest.raises(ValueError, match="SOURCE_MAPPER_NAME"):
         build_dataset_mapper(tiny_cfg(**{"INPUT.MASK_PROMPTS.SOURCE_MAPPER_NAME": "mask_classifier"}))
 
