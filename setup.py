@@ -33,5 +33,6 @@ setup(
         # builds the C++ deformable-attention kernel on first use (mask2former/ops/ms_deform_attn_cpp.py)
         "ninja",
     ],
-    extras_require={"test": ["pytest", "hypothesis"]},
+    # sam: tools/classify_masks.py --sam-checkpoint runs Segment Anything's automatic mask generator.
+    extras_require={"test": ["pytest", "hypothesis"], "sam": ["segment-anything"]},
 )

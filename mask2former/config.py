@@ -153,6 +153,42 @@ def add_maskformer2_config(cfg):
     sw.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     sw.USE_CHECKPOINT = False
 
+    _add_mask_classifier_config(cfg)
+
+
+def _add_mask_classifier_config(cfg):
+    """Ours: the MaskClassifier meta-architecture (classes for given class-agnostic masks, e.g. SAM's) and
+    its training mapper "mask_classifier" (docs/MASK_CLASSIFIER.md)."""
+    cfg.MODEL.MASK_CLASSIFIER = CN()
+    mc = cfg.MODEL.MASK_CLASSIFIER
+    # False: only the class branch (decoder norm + class head) and the query initialisation train, on top of a
+    # trained MaskFormer checkpoint; True: every parameter trains.
+    mc.TRAIN_ALL = False
+    # Weight of the "no object" class in the cross-entropy over the prompts (the others weigh 1).
+    mc.NO_OBJECT_WEIGHT = 1.0
+    # Cross-entropy on every decoder layer's class logits, not only the last.
+    mc.DEEP_SUPERVISION = True
+    # Also return the decoder's mask prediction for every given mask ("refined_masks").
+    mc.REFINE_MASKS = False
+
+    cfg.INPUT.MASK_PROMPTS = CN()
+    mp = cfg.INPUT.MASK_PROMPTS
+    # The mapper that reads the dataset's ground truth (any instance or panoptic mapper).
+    mp.SOURCE_MAPPER_NAME = "mask_former_panoptic"
+    # Probability that a ground-truth mask is given unchanged; otherwise one perturbation is drawn from
+    # PERTURBATIONS (dilate, erode, noisy_boundary, partial, part, merge).
+    mp.CLEAN_PROB = 0.3
+    mp.PERTURBATIONS = ["dilate", "erode", "noisy_boundary", "partial", "part", "merge"]
+    # Negative prompts per image: background fragments and random blobs.
+    mp.NUM_NEGATIVES = 4
+    # At most this many prompts per training image (ground-truth ones first, chosen at random).
+    mp.MAX_PROMPTS = 48
+    # A prompt takes the class of the segment covering the largest part of it if that segment covers at
+    # least MIN_PURITY of the prompt and, for a thing, the prompt covers at least MIN_COVERAGE of the thing;
+    # otherwise it is "no object".
+    mp.MIN_PURITY = 0.5
+    mp.MIN_COVERAGE = 0.3
+
 
 def add_maskformer2_video_config(cfg):
     """Add the video keys (official names and defaults). Call after ``add_maskformer2_config``."""

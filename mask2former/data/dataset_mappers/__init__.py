@@ -7,6 +7,7 @@ Dataset mappers, chosen by ``INPUT.DATASET_MAPPER_NAME`` through :func:`build_da
     coco_instance_lsj      COCOInstanceLSJDatasetMapper      (instances, large-scale jitter)
     coco_panoptic_lsj      COCOPanopticLSJDatasetMapper      (panoptic, large-scale jitter)
     ytvis                  YTVISDatasetMapper                (video clips, YouTube-VIS format)
+    mask_classifier        MaskClassifierDatasetMapper       (labelled mask prompts, for MaskClassifier)
 
 Bad dataset items raise :class:`BadDatasetItemError`, or are skipped with ``DATALOADER.SKIP_BAD_ITEMS``
 (see ``checks``).
@@ -20,6 +21,7 @@ from .mask_former_panoptic_dataset_mapper import MaskFormerPanopticDatasetMapper
 from .ytvis_dataset_mapper import YTVISDatasetMapper
 from .coco_instance_lsj_dataset_mapper import COCOInstanceLSJDatasetMapper
 from .coco_panoptic_lsj_dataset_mapper import COCOPanopticLSJDatasetMapper
+from .mask_classifier_dataset_mapper import MaskClassifierDatasetMapper
 
 __all__ = [
     "MAPPER_REGISTRY",
@@ -37,4 +39,5 @@ __all__ = [
     "COCOInstanceLSJDatasetMapper",
     "COCOPanopticLSJDatasetMapper",
     "YTVISDatasetMapper",
+    "MaskClassifierDatasetMapper",
 ]

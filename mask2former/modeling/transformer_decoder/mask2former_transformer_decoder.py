@@ -244,6 +244,16 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x, mask_features, mask=None, targets=None):
+        return self.decode(*self.prepare_memory(x), mask_features, targets=targets)
+
+    def prepare_memory(self, x):
+        """The image's multi-scale features as attention memory.
+
+        Args:
+            x: 3 tensors (N, C_in, H_l, W_l), coarsest first.
+        Returns:
+            src, pos: per level, memory and its positional encoding (H_l * W_l, N, C); sizes: per level (H_l, W_l).
+        """
         if len(x) != self.num_feature_levels:
             raise ValueError(f"expected {self.num_feature_levels} feature levels, got {len(x)}")
         src, pos, sizes = [], [], []
@@ -252,9 +262,10 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             pos.append(self.pe_layer(x[i]).flatten(2).permute(2, 0, 1))  # (HW, N, C)
             feat = self.input_proj[i](x[i]).flatten(2) + self.level_embed.weight[i][None, :, None]
             src.append(feat.permute(2, 0, 1))
-        return self.decode(src, pos, sizes, mask_features, targets)
+        return src, pos, sizes
 
-    def decode(self, src, pos, sizes, mask_features, targets=None):
+    def decode(self, src, pos, sizes, mask_features, targets=None, queries=None, attn_masks=None,
+               query_padding_mask=None):
         """The query refinement loop over prepared memory (shared by the image and video decoders).
 
         Args:
@@ -262,45 +273,58 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                 T * h * w for video clips).
             sizes: per level, the (h, w) the attention masks are resized to.
             mask_features: per-pixel embeddings that ``forward_prediction_heads`` expects.
+            targets: the training targets; the denoising queries (``MODEL.MASK_FORMER.DN``) are made from them.
+            queries: optional (content, position), each (Q, N, C), in place of the learnable queries.
+            attn_masks: optional fixed attention masks, one per level (N * heads, Q, L) bool, in place of the
+                ones predicted by the previous layer (the mask classifier attends inside given masks).
+            query_padding_mask: optional (N, Q) bool, True for padding queries that other queries must not
+                attend to in self-attention.
         """
         bs = src[0].shape[1]
-        num_o2m = self.num_o2m_queries if self.training else 0
-        if self.query_selection:
-            # The layers start from the detached tokens; their first prediction keeps the gradients.
-            selected, query_pos = self.select_queries(src, pos, max(self.num_queries, num_o2m))
-            o2o = (selected[:self.num_queries].detach(), query_pos[:self.num_queries], selected[:self.num_queries])
-            o2m = (selected[:num_o2m].detach(), query_pos[:num_o2m], selected[:num_o2m])
+        if queries is not None:
+            # Given queries (the mask classifier) replace the learnable ones; the training switches do not apply.
+            output, query_pos = queries
+            first_output, num_o2m, groups, dn, self_attn_mask = output, 0, [None], None, None
         else:
-            query_pos = self.query_embed.weight.unsqueeze(1).repeat(1, bs, 1)  # (Q, N, C)
-            output = self.query_feat.weight.unsqueeze(1).repeat(1, bs, 1)
-            o2o = (output, query_pos, output)
-            if num_o2m:
-                o2m_out = self.o2m_query_feat.weight.unsqueeze(1).repeat(1, bs, 1)
-                o2m = (o2m_out, self.o2m_query_embed.weight.unsqueeze(1).repeat(1, bs, 1), o2m_out)
-        groups = [o2o] if not num_o2m else [o2o, o2m]
+            num_o2m = self.num_o2m_queries if self.training else 0
+            if self.query_selection:
+                # The layers start from the detached tokens; their first prediction keeps the gradients.
+                selected, query_pos = self.select_queries(src, pos, max(self.num_queries, num_o2m))
+                o2o = (selected[:self.num_queries].detach(), query_pos[:self.num_queries],
+                       selected[:self.num_queries])
+                o2m = (selected[:num_o2m].detach(), query_pos[:num_o2m], selected[:num_o2m])
+            else:
+                query_pos = self.query_embed.weight.unsqueeze(1).repeat(1, bs, 1)  # (Q, N, C)
+                output = self.query_feat.weight.unsqueeze(1).repeat(1, bs, 1)
+                o2o = (output, query_pos, output)
+                if num_o2m:
+                    o2m_out = self.o2m_query_feat.weight.unsqueeze(1).repeat(1, bs, 1)
+                    o2m = (o2m_out, self.o2m_query_embed.weight.unsqueeze(1).repeat(1, bs, 1), o2m_out)
+            groups = [o2o] if not num_o2m else [o2o, o2m]
 
-        dn = None
-        if self.dn_groups and self.training:
-            if targets is None:
-                raise ValueError("MODEL.MASK_FORMER.DN.NUM_GROUPS > 0 needs the targets in training: call the head "
-                                 "with targets=")
-            dn = denoising_queries(targets, self.dn_groups, self.num_classes, self.dn_label_noise,
-                                   self.dn_mask_noise, mask_features.shape[-2:])
-            if dn[0].shape[1] == 0:  # no targets in the whole batch: nothing to denoise
-                dn = None
-        if dn is not None:
-            dn_content = self.dn_label_embed(dn[0]).transpose(0, 1)  # (G * M, N, C)
-            groups = [(dn_content, torch.zeros_like(dn_content), dn_content)] + groups
-        sizes_q = [g[0].shape[0] for g in groups]
-        self_attn_mask = None
-        if len(groups) > 1:
-            num_dn = sizes_q[0] if dn is not None else 0
-            self_attn_mask = self_attention_mask(num_dn, self.dn_groups, self.num_queries, num_o2m, src[0].device)
-            output = torch.cat([g[0] for g in groups])
-            query_pos = torch.cat([g[1] for g in groups])
-            first_output = torch.cat([g[2] for g in groups])
-        else:
-            output, query_pos, first_output = o2o
+            dn = None
+            if self.dn_groups and self.training:
+                if targets is None:
+                    raise ValueError("MODEL.MASK_FORMER.DN.NUM_GROUPS > 0 needs the targets in training: call the "
+                                     "head with targets=")
+                dn = denoising_queries(targets, self.dn_groups, self.num_classes, self.dn_label_noise,
+                                       self.dn_mask_noise, mask_features.shape[-2:])
+                if dn[0].shape[1] == 0:  # no targets in the whole batch: nothing to denoise
+                    dn = None
+            if dn is not None:
+                dn_content = self.dn_label_embed(dn[0]).transpose(0, 1)  # (G * M, N, C)
+                groups = [(dn_content, torch.zeros_like(dn_content), dn_content)] + groups
+            sizes_q = [g[0].shape[0] for g in groups]
+            self_attn_mask = None
+            if len(groups) > 1:
+                num_dn = sizes_q[0] if dn is not None else 0
+                self_attn_mask = self_attention_mask(num_dn, self.dn_groups, self.num_queries, num_o2m,
+                                                     src[0].device)
+                output = torch.cat([g[0] for g in groups])
+                query_pos = torch.cat([g[1] for g in groups])
+                first_output = torch.cat([g[2] for g in groups])
+            else:
+                output, query_pos, first_output = o2o
 
         classes, masks = [], []
         cls, msk, attn_mask = self.forward_prediction_heads(first_output, mask_features, sizes[0])
@@ -314,9 +338,12 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         masks.append(msk)
         for i in range(self.num_layers):
             level = i % self.num_feature_levels
+            if attn_masks is not None:
+                attn_mask = attn_masks[level]
             output = self.transformer_cross_attention_layers[i](
                 output, src[level], memory_mask=attn_mask, pos=pos[level], query_pos=query_pos)
-            output = self.transformer_self_attention_layers[i](output, tgt_mask=self_attn_mask, query_pos=query_pos)
+            output = self.transformer_self_attention_layers[i](
+                output, tgt_mask=self_attn_mask, tgt_key_padding_mask=query_padding_mask, query_pos=query_pos)
             output = self.transformer_ffn_layers[i](output)
             cls, msk, attn_mask = self.forward_prediction_heads(
                 output, mask_features, sizes[(i + 1) % self.num_feature_levels])
