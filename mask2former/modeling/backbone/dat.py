@@ -44,6 +44,12 @@ _MASKED_LOGIT = -100.0
 _OFFSET_KERNELS = (9, 7, 5, 3)
 
 
+def _sampling_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Precision of sampling positions and bilinear sampling: at least float32. Under bf16 autocast, bf16
+    positions would be off by up to W/256 key cells."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 class LayerNormProxy(nn.Module):
     """LayerNorm over the channels of a (B, C, H, W) map (official name: the norm is ``.norm``)."""
 
@@ -302,18 +308,20 @@ class DAttentionBaseline(nn.Module):
             q: (B, C, H, W) projected queries.
 
         Returns:
-            pos, reference: (B * groups, Hk, Wk, 2) float32, (y, x) in grid_sample's normalised coordinates of
-            the (H, W) map (-1 .. 1, ``align_corners=True``); pos = reference + scaled offset.
+            pos, reference: (B * groups, Hk, Wk, 2) float32 (float64 for float64 queries), (y, x) in
+            grid_sample's normalised coordinates of the (H, W) map (-1 .. 1,
+            ``align_corners=True``); pos = reference + scaled offset.
         """
         B = q.shape[0]
         q_off = q.reshape(B * self.n_groups, self.n_group_channels, *q.shape[2:])
-        offset = self.conv_offset(q_off).float()  # (B * g, 2, Hk, Wk)
+        dtype = _sampling_dtype(q.dtype)
+        offset = self.conv_offset(q_off).to(dtype)  # (B * g, 2, Hk, Wk)
         Hk, Wk = offset.shape[2:]
         if self.offset_range_factor > 0:
-            offset_range = torch.tensor([1.0 / Hk, 1.0 / Wk], device=q.device).reshape(1, 2, 1, 1)
+            offset_range = torch.tensor([1.0 / Hk, 1.0 / Wk], dtype=dtype, device=q.device).reshape(1, 2, 1, 1)
             offset = offset.tanh().mul(offset_range).mul(self.offset_range_factor)
         offset = offset.permute(0, 2, 3, 1)  # (B * g, Hk, Wk, 2)
-        reference = self.reference_points(Hk, Wk, B * self.n_groups, torch.float32, q.device)
+        reference = self.reference_points(Hk, Wk, B * self.n_groups, dtype, q.device)
         if self.no_off:
             offset = torch.zeros_like(offset)
         pos = offset + reference
@@ -328,7 +336,7 @@ class DAttentionBaseline(nn.Module):
 
         Returns:
             y: (B, C, H, W) attention output (after ``proj_out``).
-            pos, reference: (B, groups, Hk, Wk, 2) float32 sampling positions and their reference points,
+            pos, reference: (B, groups, Hk, Wk, 2) float32 (float64) sampling positions and their reference points,
                 (y, x) in normalised coordinates (see :meth:`sampling_positions`).
         """
         B, C, H, W = x.shape
@@ -337,9 +345,8 @@ class DAttentionBaseline(nn.Module):
         Hk, Wk = pos.shape[1:3]
         n_sample = Hk * Wk
 
-        # Sampling positions stay float32 under autocast: bf16 would move them by up to ~W/256 pixels.
         x_sampled = F.grid_sample(
-            x.reshape(B * self.n_groups, self.n_group_channels, H, W).float(),
+            x.reshape(B * self.n_groups, self.n_group_channels, H, W).to(pos.dtype),
             pos[..., (1, 0)],  # (y, x) -> (x, y)
             mode="bilinear",
             align_corners=True,
@@ -381,16 +388,16 @@ class DAttentionBaseline(nn.Module):
         displacement is normalised by the actual H, W).
 
         Args:
-            pos: (B * groups, Hk, Wk, 2) float32 sampling positions.
+            pos: (B * groups, Hk, Wk, 2) sampling positions (float32 or float64).
 
         Returns:
-            (B * heads, H * W, Hk * Wk) float32 bias.
+            (B * heads, H * W, Hk * Wk) bias, of the dtype of ``pos``.
         """
         Bg, Hk, Wk, _ = pos.shape
         B = Bg // self.n_groups
-        q_grid = self.reference_points(H, W, Bg, torch.float32, pos.device)
+        q_grid = self.reference_points(H, W, Bg, pos.dtype, pos.device)
         displacement = (q_grid.reshape(Bg, H * W, 1, 2) - pos.reshape(Bg, 1, Hk * Wk, 2)).mul(0.5)
-        table = self.rpe_table.float()[None].expand(B, -1, -1, -1)
+        table = self.rpe_table.to(pos.dtype)[None].expand(B, -1, -1, -1)
         bias = F.grid_sample(
             table.reshape(Bg, self.n_group_heads, *self.rpe_table.shape[1:]),
             displacement[..., (1, 0)],
