@@ -11,7 +11,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import cv2
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
+from mask2former.utils.checkpoint import Mask2FormerCheckpointer
 from detectron2.data import Metadata
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
@@ -29,8 +29,8 @@ class DemoError(Exception):
     """A problem the user must fix (config, checkpoint, input); the message says what and how."""
 
 
-class _RecordingCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that keeps the incompatible keys of the last load (fvcore only logs them)."""
+class _RecordingCheckpointer(Mask2FormerCheckpointer):
+    """Mask2FormerCheckpointer that keeps the incompatible keys of the last load (fvcore only logs them)."""
 
     incompatible = None
 

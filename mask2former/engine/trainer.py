@@ -21,7 +21,7 @@ from typing import Dict, Mapping, Optional
 
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
+from mask2former.utils.checkpoint import Mask2FormerCheckpointer
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.evaluation import (
@@ -159,7 +159,7 @@ class MaskFormerTrainer(DefaultTrainer):
             self._trainer = MaskFormerSimpleTrainer(model, data_loader, optimizer)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = Mask2FormerCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg

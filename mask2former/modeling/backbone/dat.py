@@ -680,6 +680,35 @@ class D2DAT(Backbone):
             "use_checkpoint": d.USE_CHECKPOINT,
         }
 
+    def convert_pretrained(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Adapt an official DAT ImageNet state dict to this backbone (called by
+        :class:`~mask2former.utils.checkpoint.Mask2FormerCheckpointer` when MODEL.WEIGHTS is one).
+
+        Drops the classifier (``cls_norm``, ``cls_head``); resizes position-bias tables of another
+        pre-training size (``rpe_table``: (heads, 2H-1, 2W-1); ``relative_position_bias_table``:
+        ((2w-1)**2, heads)) bicubically with ``align_corners=True``, so the largest displacements stay on the
+        table's border; replaces size-dependent constant buffers (``attn_mask``, ``relative_position_index``)
+        of another size by this model's.
+        """
+        ours = self.state_dict()
+        out = {}
+        for name, value in state_dict.items():
+            if name.startswith(("cls_norm.", "cls_head.")) or name not in ours:
+                continue
+            target = ours[name]
+            if value.shape != target.shape:
+                if name.endswith("rpe_table") and value.dim() == 3:
+                    value = F.interpolate(value[None].float(), size=target.shape[1:], mode="bicubic", align_corners=True)[0]
+                elif name.endswith("relative_position_bias_table"):
+                    side, new_side = math.isqrt(value.shape[0]), math.isqrt(target.shape[0])
+                    grid = value.float().t().reshape(1, -1, side, side)
+                    grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=True)
+                    value = grid[0].reshape(value.shape[1], -1).t()
+                elif name.endswith(("attn_mask", "relative_position_index")):
+                    value = target
+            out[name] = value.to(target.dtype) if value.is_floating_point() else value
+        return out
+
     def _pad(self, x: torch.Tensor, multiple: int) -> torch.Tensor:
         H, W = x.shape[-2:]
         return F.pad(x, (0, (-W) % multiple, 0, (-H) % multiple))
