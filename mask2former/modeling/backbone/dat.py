@@ -329,16 +329,9 @@ class DAttentionBaseline(nn.Module):
             pos = pos.tanh()
         return pos, reference
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """
-        Args:
-            x: (B, C, H, W) normalised map of any size.
-
-        Returns:
-            y: (B, C, H, W) attention output (after ``proj_out``).
-            pos, reference: (B, groups, Hk, Wk, 2) float32 (float64) sampling positions and their reference points,
-                (y, x) in normalised coordinates (see :meth:`sampling_positions`).
-        """
+    def _attend(self, x: torch.Tensor):
+        """Attention weights (B * heads, HW, Ns) before dropout, values (B * heads, c, Ns), the (B * g, Hk, Wk, 2)
+        positions and references, and the dwc_pe residual (or None)."""
         B, C, H, W = x.shape
         q = self.proj_q(x)
         pos, reference = self.sampling_positions(q)
@@ -370,13 +363,35 @@ class DAttentionBaseline(nn.Module):
             attn = attn + self.rpe_table[None].expand(B, -1, -1, -1).reshape(B * self.n_heads, H * W, n_sample)
         elif self.use_pe:
             attn = attn + self.position_bias(pos, H, W).to(attn.dtype)
+        return F.softmax(attn, dim=2), v, pos, reference, residual_lepe
 
-        attn = self.attn_drop(F.softmax(attn, dim=2))
-        out = torch.einsum("bmn,bcn->bcm", attn, v)  # (B * heads, c, HW)
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            x: (B, C, H, W) normalised map of any size.
+
+        Returns:
+            y: (B, C, H, W) attention output (after ``proj_out``).
+            pos, reference: (B, groups, Hk, Wk, 2) float32 (float64) sampling positions and their reference
+                points, (y, x) in normalised coordinates (see :meth:`sampling_positions`).
+        """
+        B, C, H, W = x.shape
+        attn, v, pos, reference, residual_lepe = self._attend(x)
+        out = torch.einsum("bmn,bcn->bcm", self.attn_drop(attn), v)  # (B * heads, c, HW)
         if residual_lepe is not None:
             out = out + residual_lepe
         y = self.proj_drop(self.proj_out(out.reshape(B, C, H, W)))
+        Hk, Wk = pos.shape[1:3]
         return y, pos.reshape(B, self.n_groups, Hk, Wk, 2), reference.reshape(B, self.n_groups, Hk, Wk, 2)
+
+    def attention_weights(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """For visualisation: (B, heads, H * W, Hk * Wk) attention of every query over the samples, and the
+        (B, groups, Hk, Wk, 2) sampling positions; head ``h`` samples at the positions of group
+        ``h // (heads / groups)``."""
+        B, _, H, W = x.shape
+        attn, _, pos, _, _ = self._attend(x)
+        Hk, Wk = pos.shape[1:3]
+        return attn.reshape(B, self.n_heads, H * W, Hk * Wk), pos.reshape(B, self.n_groups, Hk, Wk, 2)
 
     def position_bias(self, pos: torch.Tensor, H: int, W: int) -> torch.Tensor:
         """Relative position bias of every query for every sample.
