@@ -149,8 +149,8 @@ def main():
             raise SystemExit(f"--sizes: {size!r} is not HxW, e.g. 800x1216")
 
     torch.set_num_threads(args.threads)
-    print(f"backbone benchmark: device={args.device} threads={args.threads} batch=1 repeats={args.repeats} warmup={args.warmup} "
-          f"torch={torch.__version__}")
+    print(f"backbone benchmark: device={args.device} threads={args.threads} batch=1 repeats={args.repeats} "
+          f"warmup={args.warmup} torch={torch.__version__}")
     base = [sys.executable, os.path.abspath(__file__), "--device", args.device, "--threads", str(args.threads),
             "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
     results = {}
@@ -183,7 +183,8 @@ def main():
         for name in args.backbones[1:]:
             b = results[(size, name)]
             line = (f"{size}: {first}/{name}: fwd time {a['fwd_s'] / b['fwd_s']:.2f}, fwd+bwd time "
-                    f"{a['fwd_bwd_s'] / b['fwd_bwd_s']:.2f}, peak memory fwd {a['peak_mb_fwd'] / max(b['peak_mb_fwd'], 1e-9):.2f}, "
+                    f"{a['fwd_bwd_s'] / b['fwd_bwd_s']:.2f}, "
+                    f"peak memory fwd {a['peak_mb_fwd'] / max(b['peak_mb_fwd'], 1e-9):.2f}, "
                     f"fwd+bwd {a['peak_mb_fwd_bwd'] / max(b['peak_mb_fwd_bwd'], 1e-9):.2f}")
             if "gflops" in a:
                 line += f", FLOPs {a['gflops'] / b['gflops']:.2f}"

@@ -60,7 +60,9 @@ def sampling_points(
     """
     inputs = {}
     hooks = [
-        backbone.get_submodule(name).register_forward_pre_hook(lambda m, args, name=name: inputs.__setitem__(name, args[0]))
+        backbone.get_submodule(name).register_forward_pre_hook(
+            lambda m, args, name=name: inputs.__setitem__(name, args[0])
+        )
         for name in blocks
     ]
     try:
@@ -116,7 +118,8 @@ def draw(image_rgb: np.ndarray, data: Dict[str, Dict[str, np.ndarray]], top_k: i
             flat = np.argsort(w.reshape(-1))[::-1][:top_k]
             gi, ni = np.unravel_index(flat, w.shape)
             pts, ws = d["points"][gi, ni], w[gi, ni]
-            ax.scatter(pts[:, 0], pts[:, 1], s=10 + 120 * ws / max(ws.max(), 1e-12), c=ws, cmap="autumn", edgecolors="k", linewidths=0.3)
+            sizes = 10 + 120 * ws / max(ws.max(), 1e-12)
+            ax.scatter(pts[:, 0], pts[:, 1], s=sizes, c=ws, cmap="autumn", edgecolors="k", linewidths=0.3)
             ax.scatter(*d["queries"][c], marker="*", s=160, c="white", edgecolors="k")
             ax.set_xlim(0, image_rgb.shape[1])
             ax.set_ylim(image_rgb.shape[0], 0)
@@ -158,7 +161,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--input", required=True, help="an image file")
     parser.add_argument("--output", default="dat_offsets.png")
-    parser.add_argument("--queries", nargs="*", default=None, help="x,y image-pixel positions (default: 3 on a diagonal)")
+    parser.add_argument("--queries", nargs="*", default=None,
+                        help="x,y image-pixel positions (default: 3 on a diagonal)")
     parser.add_argument("--blocks", nargs="*", default=None, help="deformable blocks (default: last of stages 3 and 4)")
     parser.add_argument("--top-k", type=int, default=32)
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[])

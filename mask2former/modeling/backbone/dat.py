@@ -713,7 +713,9 @@ class D2DAT(Backbone):
             target = ours[name]
             if value.shape != target.shape:
                 if name.endswith("rpe_table") and value.dim() == 3:
-                    value = F.interpolate(value[None].float(), size=target.shape[1:], mode="bicubic", align_corners=True)[0]
+                    value = F.interpolate(
+                        value[None].float(), size=target.shape[1:], mode="bicubic", align_corners=True
+                    )[0]
                 elif name.endswith("relative_position_bias_table"):
                     side, new_side = math.isqrt(value.shape[0]), math.isqrt(target.shape[0])
                     grid = value.float().t().reshape(1, -1, side, side)
