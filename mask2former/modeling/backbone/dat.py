@@ -411,11 +411,13 @@ class DAttentionBaseline(nn.Module):
         Bg, Hk, Wk, _ = pos.shape
         B = Bg // self.n_groups
         q_grid = self.reference_points(H, W, Bg, pos.dtype, pos.device)
-        displacement = (q_grid.reshape(Bg, H * W, 1, 2) - pos.reshape(Bg, 1, Hk * Wk, 2)).mul(0.5)
+        # (x, y) order for grid_sample, flipped on the small inputs rather than on the (HW, Ns) displacements
+        q_xy, pos_xy = q_grid.flip(-1).reshape(Bg, H * W, 1, 2), pos.flip(-1).reshape(Bg, 1, Hk * Wk, 2)
+        displacement = (q_xy - pos_xy).mul(0.5)
         table = self.rpe_table.to(pos.dtype)[None].expand(B, -1, -1, -1)
         bias = F.grid_sample(
             table.reshape(Bg, self.n_group_heads, *self.rpe_table.shape[1:]),
-            displacement[..., (1, 0)],
+            displacement,
             mode="bilinear",
             align_corners=True,
         )  # (B * g, heads / g, HW, Ns)
