@@ -4,7 +4,8 @@
 For each image size and backbone: forward latency (eval, no grad), forward + backward latency (train mode,
 loss = sum of the res2..res5 outputs), the median of ``--repeats`` runs after ``--warmup`` untimed ones; peak extra memory
 of one forward and of one forward + backward (each in a fresh subprocess: peak RSS minus RSS before the call
-on the CPU, ``torch.cuda.max_memory_allocated`` minus allocated before on a GPU); and fvcore's FLOP count of
+on the CPU, read from ``/proc/self/status`` VmHWM after resetting it, since ``ru_maxrss`` would include the
+parent's peak; ``torch.cuda.max_memory_allocated`` minus allocated before on a GPU); and fvcore's FLOP count of
 the forward (fvcore counts one multiply-add as one flop; ``grid_sample`` is counted as 4 multiply-adds per
 output value, bilinear; softmax, normalisation and element-wise ops are not counted, for either backbone).
 
@@ -14,7 +15,6 @@ output value, bilinear; softmax, normalisation and element-wise ops are not coun
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -54,6 +54,20 @@ def rss_bytes():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def peak_rss_bytes():
+    """Peak RSS of this process since the last :func:`reset_peak_rss` (Linux VmHWM)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status: peak memory needs Linux")
+
+
+def reset_peak_rss():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS
+
+
 def run_once(model, x, backward):
     if backward:
         out = model(x)
@@ -81,9 +95,10 @@ def measure(args):
             sync()
             peak = torch.cuda.max_memory_allocated() - before
         else:
+            reset_peak_rss()
             before = rss_bytes()
             run_once(model, x, args.backward)
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+            peak = peak_rss_bytes() - before
         return {"peak_mb": peak / 2**20}
     times = {}
     for backward in (False, True):
