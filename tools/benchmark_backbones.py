@@ -2,7 +2,9 @@
 """Benchmark backbones side by side: DAT-T vs Swin-T (official architectures, random weights), batch 1.
 
 For each image size and backbone: forward latency (eval, no grad), forward + backward latency (train mode,
-loss = sum of the res2..res5 outputs), the median of ``--repeats`` runs after ``--warmup`` untimed ones; peak extra memory
+loss = sum of the res2..res5 outputs), the median of ``--repeats`` runs after ``--warmup`` untimed ones,
+all backbones in one process with their runs interleaved (A, B, A, B, ...), so that a change of the
+machine's load during the measurement hits every backbone alike; peak extra memory
 of one forward and of one forward + backward (each in a fresh subprocess: peak RSS minus RSS before the call
 on the CPU, read from ``/proc/self/status`` VmHWM after resetting it, since ``ru_maxrss`` would include the
 parent's peak; ``torch.cuda.max_memory_allocated`` minus allocated before on a GPU); and fvcore's FLOP count of
@@ -78,13 +80,31 @@ def run_once(model, x, backward):
 
 
 def measure(args):
-    """Runs in a child process: one backbone, one size, one mode."""
+    """Runs in a child process: one size, one mode; memory: one backbone; time: all, interleaved."""
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     h, w = (int(v) for v in args.size.split("x"))
-    model = build_backbone(args.backbone).to(device)
     x = torch.randn(1, 3, h, w, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if args.mode == "time":
+        names = args.backbone.split(",")
+        models = {name: build_backbone(name).to(device) for name in names}
+        runs = {(name, backward): [] for name in names for backward in (False, True)}
+        for backward in (False, True):
+            for model in models.values():
+                model.train(backward)
+            for i in range(args.repeats + args.warmup):
+                for name, model in models.items():
+                    model.zero_grad(set_to_none=True)
+                    sync()
+                    start = time.perf_counter()
+                    run_once(model, x, backward)
+                    sync()
+                    if i >= args.warmup:
+                        runs[(name, backward)].append(time.perf_counter() - start)
+        median = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+        return {name: {"fwd_s": median(runs[(name, False)]), "fwd_bwd_s": median(runs[(name, True)])} for name in names}
+    model = build_backbone(args.backbone).to(device)
     if args.mode == "memory":
         model.train(args.backward)
         if device.type == "cuda":
@@ -100,20 +120,7 @@ def measure(args):
             run_once(model, x, args.backward)
             peak = peak_rss_bytes() - before
         return {"peak_mb": peak / 2**20}
-    times = {}
-    for backward in (False, True):
-        model.train(backward)
-        runs = []
-        for i in range(args.repeats + args.warmup):
-            model.zero_grad(set_to_none=True)
-            sync()
-            start = time.perf_counter()
-            run_once(model, x, backward)
-            sync()
-            if i >= args.warmup:
-                runs.append(time.perf_counter() - start)
-        times["fwd_bwd_s" if backward else "fwd_s"] = sorted(runs)[len(runs) // 2]
-    return times
+    raise ValueError(f"unknown mode {args.mode}")
 
 
 def grid_sample_flop(inputs, outputs):
@@ -168,19 +175,20 @@ def main():
           f"warmup={args.warmup} torch={torch.__version__}")
     base = [sys.executable, os.path.abspath(__file__), "--device", args.device, "--threads", str(args.threads),
             "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+    def child(extra):
+        proc = subprocess.run(base + extra, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(extra)}: the measurement failed:\n{proc.stderr[-3000:]}")
+        return json.loads(proc.stdout.splitlines()[-1])
+
     results = {}
     for size in args.sizes:
+        times = child(["--backbone", ",".join(args.backbones), "--size", size, "--mode", "time"])
         for name in args.backbones:
-            r = {}
-            for mode, backward in (("time", False), ("memory", False), ("memory", True)):
-                cmd = base + ["--backbone", name, "--size", size, "--mode", mode] + (["--backward"] if backward else [])
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                if proc.returncode != 0:
-                    raise SystemExit(f"{name} {size} {mode}: the measurement failed:\n{proc.stderr[-3000:]}")
-                out = json.loads(proc.stdout.splitlines()[-1])
-                if mode == "memory":
-                    out = {("peak_mb_fwd_bwd" if backward else "peak_mb_fwd"): out["peak_mb"]}
-                r.update(out)
+            r = dict(times[name])
+            for backward in (False, True):
+                out = child(["--backbone", name, "--size", size, "--mode", "memory"] + (["--backward"] if backward else []))
+                r["peak_mb_fwd_bwd" if backward else "peak_mb_fwd"] = out["peak_mb"]
             if not args.no_flops:
                 r["gflops"], r["unsupported"] = flops(name, size, args.device)
             results[(size, name)] = r
