@@ -12,7 +12,7 @@ the model runs on the CPU.
 import torch
 
 import mask2former  # noqa: F401  (first: registers models and datasets, imports detectron2 quietly)
-from detectron2.checkpoint import DetectionCheckpointer
+from mask2former.engine.checkpoint import MaskFormerCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
@@ -59,7 +59,7 @@ def main(args):
 
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        checkpoint = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        checkpoint = MaskFormerCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = Trainer.test(cfg, model)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 import mask2former  # noqa: F401  (first: registers models and datasets, imports detectron2 quietly)
-from detectron2.checkpoint import DetectionCheckpointer
+from mask2former.engine.checkpoint import MaskFormerCheckpointer
 from detectron2.data import Metadata
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
@@ -34,8 +34,8 @@ class DemoError(Exception):
     """A problem the user must fix (config, checkpoint, input); the message says what and how."""
 
 
-class _RecordingCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that keeps the incompatible keys of the last load (fvcore only logs them)."""
+class _RecordingCheckpointer(MaskFormerCheckpointer):
+    """MaskFormerCheckpointer that keeps the incompatible keys of the last load (fvcore only logs them)."""
 
     incompatible = None
 

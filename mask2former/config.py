@@ -153,6 +153,36 @@ def add_maskformer2_config(cfg):
     sw.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     sw.USE_CHECKPOINT = False
 
+    # DAT backbone (Vision Transformer with Deformable Attention, v1): the official constructor's arguments,
+    # defaults of the official DAT-T (configs/dat_tiny.yaml of the DAT repository).
+    cfg.MODEL.DAT = CN()
+    dat = cfg.MODEL.DAT
+    dat.PRETRAIN_IMG_SIZE = 224  # sets the rpe_table / attn_mask sizes of the pre-trained checkpoint
+    dat.PATCH_SIZE = 4
+    dat.EXPANSION = 4
+    dat.DIM_STEM = 96
+    dat.DIMS = [96, 192, 384, 768]
+    dat.DEPTHS = [2, 2, 6, 2]
+    dat.HEADS = [3, 6, 12, 24]
+    dat.WINDOW_SIZES = [7, 7, 7, 7]
+    dat.STAGE_SPEC = [["L", "S"], ["L", "S"], ["L", "D", "L", "D", "L", "D"], ["L", "D"]]
+    dat.GROUPS = [-1, -1, 3, 6]
+    dat.USE_PES = [False, False, True, True]
+    dat.DWC_PES = [False, False, False, False]
+    dat.FIXED_PES = [False, False, False, False]
+    dat.NO_OFFS = [False, False, False, False]
+    dat.STRIDES = [-1, -1, 1, 1]
+    dat.SR_RATIOS = [-1, -1, -1, -1]
+    dat.OFFSET_RANGE_FACTOR = [-1, -1, 2, 2]
+    dat.NS_PER_PTS = [4, 4, 4, 4]
+    dat.USE_DWC_MLPS = [False, False, False, False]
+    dat.USE_CONV_PATCHES = False
+    dat.DROP_RATE = 0.0
+    dat.ATTN_DROP_RATE = 0.0
+    dat.DROP_PATH_RATE = 0.2
+    dat.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    dat.USE_CHECKPOINT = False
+
     _add_mask_classifier_config(cfg)
 
 

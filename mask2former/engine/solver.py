@@ -64,8 +64,8 @@ NORM_MODULE_TYPES: Tuple[Type[nn.Module], ...] = tuple(
     if t is not None
 )
 
-# Parameter names (last component) that hold positional/relative embeddings.
-EMBEDDING_PARAM_NAMES = ("relative_position_bias_table", "absolute_pos_embed", "level_embed")
+# Parameter names (last component) that hold positional/relative embeddings (rpe_table: DAT's deformable blocks).
+EMBEDDING_PARAM_NAMES = ("relative_position_bias_table", "rpe_table", "absolute_pos_embed", "level_embed")
 
 
 def _is_embedding(module: nn.Module, param_name: str) -> bool:

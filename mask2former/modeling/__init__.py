@@ -1,4 +1,5 @@
 """Model components, registered in detectron2's registries on import."""
+from .backbone.dat import D2DAT  # noqa: F401
 from .backbone.swin import D2SwinTransformer  # noqa: F401
 from .pixel_decoder.fpn import BasePixelDecoder  # noqa: F401
 from .pixel_decoder.msdeform_pixel_decoder import MSDeformAttnPixelDecoder  # noqa: F401
