@@ -11,7 +11,6 @@ the model runs on the CPU.
 """
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
@@ -21,6 +20,7 @@ from detectron2.utils.logger import setup_logger
 import mask2former  # noqa: F401  (registers models and datasets)
 from mask2former import add_maskformer2_config, add_maskformer2_video_config
 from mask2former.engine import MaskFormerTrainer, launch
+from mask2former.utils.weights import WeightsCheckpointer
 
 Trainer = MaskFormerTrainer
 
@@ -59,7 +59,7 @@ def main(args):
 
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        checkpoint = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        checkpoint = WeightsCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = Trainer.test(cfg, model)

@@ -11,7 +11,6 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import cv2
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import Metadata
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
@@ -20,6 +19,7 @@ from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from mask2former.modeling.meta_arch.mask_former import dataset_metadata
+from mask2former.utils.weights import WeightsCheckpointer, WeightsUnavailableError, resolve_weights
 
 TASKS = ("panoptic", "instance", "semantic")
 OUTPUT_KEY = {"panoptic": "panoptic_seg", "instance": "instances", "semantic": "sem_seg"}
@@ -29,8 +29,8 @@ class DemoError(Exception):
     """A problem the user must fix (config, checkpoint, input); the message says what and how."""
 
 
-class _RecordingCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that keeps the incompatible keys of the last load (fvcore only logs them)."""
+class _RecordingCheckpointer(WeightsCheckpointer):
+    """WeightsCheckpointer that keeps the incompatible keys of the last load (fvcore only logs them)."""
 
     incompatible = None
 
@@ -57,6 +57,10 @@ def load_weights(model: torch.nn.Module, path: str, train_hint: str = "") -> Non
     if "://" not in path and not os.path.isfile(path):
         where = "" if os.path.isabs(path) else f" (here: {os.path.abspath(path)})"
         raise DemoError(f"checkpoint not found: {path}{where}. {train_hint}".strip())
+    try:
+        path = resolve_weights(path)  # a URL is downloaded into detectron2's cache (once)
+    except WeightsUnavailableError as e:
+        raise DemoError(str(e)) from e
     checkpointer = _RecordingCheckpointer(model)
     # fvcore logs every mismatch as a warning; they are all reported below, in one message.
     checkpointer.logger = logging.getLogger("demo.checkpointer")

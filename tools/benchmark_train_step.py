@@ -19,9 +19,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 
 from mask2former.engine import MaskFormerTrainer as Trainer  # noqa: E402
+from mask2former.utils.weights import WeightsCheckpointer  # noqa: E402
 from train_net import build_config  # noqa: E402
 
 STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "criterion", "backward", "optimizer")
@@ -68,7 +68,7 @@ def main():
     torch.manual_seed(0)
     model = Trainer.build_model(cfg).train()
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        WeightsCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     optimizer = Trainer.build_optimizer(cfg, model)
     loader = iter(Trainer.build_train_loader(cfg))
     batches = [next(loader) for _ in range(args.repeats + 2)]

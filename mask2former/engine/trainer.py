@@ -22,7 +22,6 @@ from typing import Dict, Mapping, Optional
 
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.evaluation.testing import flatten_results_dict
@@ -31,6 +30,7 @@ from detectron2.utils.events import EventStorage, JSONWriter, TensorboardXWriter
 from detectron2.utils.logger import setup_logger
 
 from ..evaluation.build import build_evaluator
+from ..utils.weights import WeightsCheckpointer
 from .compat import ddp_device_ids, grad_scaler, load_trainer_state, trainer_state_dict
 from .solver import build_lr_scheduler, build_optimizer
 from .tta import MaskFormerWithTTA
@@ -145,7 +145,7 @@ class MaskFormerTrainer(DefaultTrainer):
             self._trainer = MaskFormerSimpleTrainer(model, data_loader, optimizer)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = WeightsCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
