@@ -94,10 +94,12 @@ def display_metadata(metadata: Optional[Metadata], num_classes: int) -> Metadata
     stuff_classes; an instance dataset lists them in thing_classes); missing ones become "class <id>" and a
     fixed palette colour."""
     def per_class(keys):
-        for key in keys:
-            values = metadata.get(key, None) if metadata is not None else None
-            if values is not None and len(values) >= num_classes:
-                return list(values)[:num_classes]
+        # a list of exactly num_classes first: Cityscapes instance models predict its 8 thing_classes, while
+        # its metadata also lists the 19 semantic classes in stuff_classes
+        found = [metadata.get(key, None) if metadata is not None else None for key in keys]
+        for values in sorted((v for v in found if v is not None and len(v) >= num_classes),
+                             key=lambda v: len(v) != num_classes):
+            return list(values)[:num_classes]
         return None
 
     names = per_class(["stuff_classes", "thing_classes"]) or [
