@@ -19,6 +19,7 @@ from detectron2.utils.logger import setup_logger
 
 import mask2former  # noqa: F401  (registers models and datasets)
 from mask2former import add_maskformer2_config, add_maskformer2_video_config
+from mask2former.data.datasets.register_folder import register_from_config
 from mask2former.engine import MaskFormerTrainer, launch
 from mask2former.utils.weights import WeightsCheckpointer
 
@@ -40,6 +41,7 @@ def build_config(args):
     if fell_back:
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
+    register_from_config(cfg)  # DATASETS.REGISTER: custom folders, in every process
     return cfg, fell_back
 
 

@@ -50,6 +50,7 @@ if __package__ in (None, ""):  # run as a script: make the `demo` package import
     sys.path.insert(0, REPO_ROOT)
 
 from mask2former import add_maskformer2_config, add_maskformer2_video_config  # noqa: E402
+from mask2former.data.datasets.register_folder import register_from_config  # noqa: E402
 
 from demo.explain import DecoderRecorder, explain, render_grid  # noqa: E402
 from demo.predictor import TASKS, DemoError, VisualizationDemo  # noqa: E402
@@ -184,6 +185,10 @@ def setup_cfg(args) -> Tuple[object, str, str]:
         logger.info(f"--task {task}: turning on MODEL.MASK_FORMER.TEST.{flags[task]}")
         test[flags[task]] = True
     cfg.freeze()
+    try:
+        register_from_config(cfg)  # DATASETS.REGISTER: the class names of a custom folder
+    except (OSError, ValueError) as e:
+        raise DemoError(str(e)) from e
     return cfg, task, hint
 
 

@@ -48,6 +48,10 @@ def add_maskformer2_config(cfg):
     # Ours: skip dataset items that cannot be read (missing/corrupt image, invalid polygon or RLE, unknown
     # category id, size mismatch) with a counted warning instead of stopping training.
     cfg.DATALOADER.SKIP_BAD_ITEMS = False
+    # Ours: datasets in a standard format to register before the datasets are used, as strings
+    # "KIND NAME key=value ..." (KIND: coco_panoptic, coco_instance, sem_seg); see
+    # mask2former/data/datasets/register_folder.py and docs/CUSTOM_DATA.md.
+    cfg.DATASETS.REGISTER = []
 
     # solver
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
