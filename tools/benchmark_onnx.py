@@ -19,9 +19,10 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from export_model import build_exported_model  # noqa: E402
 from mask2former.export import ExportableMaskFormer, export_onnx  # noqa: E402
-from tools.export_model import build_exported_model  # noqa: E402
 
 
 def median_seconds(fn, repeats: int) -> float:
