@@ -31,5 +31,10 @@ setup(
         "tensorboard",
         "shapely",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        # optional: weights from other libraries and export (each imported only where used, with an install hint)
+        "export": ["onnx>=1.16", "onnxruntime>=1.18"],
+        "convert": ["timm>=1.0", "safetensors>=0.4"],
+        "test": ["pytest", "onnx>=1.16", "onnxruntime>=1.18", "timm>=1.0", "safetensors>=0.4"],
+    },
 )
