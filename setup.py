@@ -35,6 +35,7 @@ setup(
         # optional: weights from other libraries and export (each imported only where used, with an install hint)
         "export": ["onnx>=1.16", "onnxruntime>=1.18"],
         "convert": ["timm>=1.0", "safetensors>=0.4"],
-        "test": ["pytest", "onnx>=1.16", "onnxruntime>=1.18", "timm>=1.0", "safetensors>=0.4"],
+        "hf": ["transformers>=4.40", "safetensors>=0.4"],
+        "test": ["pytest", "onnx>=1.16", "onnxruntime>=1.18", "timm>=1.0", "safetensors>=0.4", "transformers>=4.40"],
     },
 )
