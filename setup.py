@@ -33,6 +33,14 @@ setup(
         # builds the C++ deformable-attention kernel on first use (mask2former/ops/ms_deform_attn_cpp.py)
         "ninja",
     ],
-    # sam: tools/classify_masks.py --sam-checkpoint runs Segment Anything's automatic mask generator.
-    extras_require={"test": ["pytest", "hypothesis"], "sam": ["segment-anything"]},
+    extras_require={
+        # optional: weights from other libraries, export and SAM (each imported only where used, with an install hint)
+        "export": ["onnx>=1.16", "onnxruntime>=1.18"],
+        "convert": ["timm>=1.0", "safetensors>=0.4"],
+        "hf": ["transformers>=4.40", "safetensors>=0.4"],
+        # tools/classify_masks.py --sam-checkpoint runs Segment Anything's automatic mask generator
+        "sam": ["segment-anything"],
+        "test": ["pytest", "hypothesis", "onnx>=1.16", "onnxruntime>=1.18", "timm>=1.0", "safetensors>=0.4",
+                 "transformers>=4.40"],
+    },
 )

@@ -20,7 +20,9 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from mask2former import add_maskformer2_config, add_maskformer2_video_config
+from mask2former.data.datasets.register_folder import register_from_config
 from mask2former.engine import MaskFormerTrainer, launch
+
 
 Trainer = MaskFormerTrainer
 
@@ -40,6 +42,7 @@ def build_config(args):
     if fell_back:
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
+    register_from_config(cfg)  # DATASETS.REGISTER: custom folders, in every process
     return cfg, fell_back
 
 

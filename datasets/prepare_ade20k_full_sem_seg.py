@@ -19,7 +19,6 @@ is read twice: once to count the classes, once to write.
 import functools
 import json
 import os
-import pickle
 import shutil
 import sys
 from collections import Counter
@@ -29,6 +28,7 @@ from PIL import Image
 
 from mask2former.data.datasets.loading import require_path
 from mask2former.data.preparation import argument_parser, parallel_map
+from mask2former.utils.safe_load import load_pickle
 
 IGNORE_LABEL = 65535
 SPLITS = ("training", "validation")
@@ -57,8 +57,8 @@ def _write_one(item, dataset_dir: str, lut: np.ndarray):
 
 def list_images(dataset_dir: str):
     """(split, stem, image path) of every training and validation image in ``index_ade20k.pkl``, and the names."""
-    with open(require_path(os.path.join(dataset_dir, "index_ade20k.pkl"), _HINT), "rb") as f:
-        index = pickle.load(f)
+    # the release's index is a pickle of lists and numpy arrays: read without running code from it
+    index = load_pickle(require_path(os.path.join(dataset_dir, "index_ade20k.pkl"), _HINT))
     parent = os.path.dirname(os.path.abspath(dataset_dir))
     base = os.path.basename(os.path.abspath(dataset_dir))
     items = []

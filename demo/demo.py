@@ -50,6 +50,7 @@ if __package__ in (None, ""):  # run as a script: make the `demo` package import
 from mask2former import add_maskformer2_config, add_maskformer2_video_config  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402  (after mask2former, which imports detectron2 quietly)
 from mask2former.data.dataset_mappers.checks import read_image  # noqa: E402
+from mask2former.data.datasets.register_folder import register_from_config  # noqa: E402
 
 from demo.explain import DecoderRecorder, explain, render_grid  # noqa: E402
 from demo.predictor import DEFAULT_MAX_SIDE, TASKS, DemoError, VisualizationDemo  # noqa: E402
@@ -187,6 +188,10 @@ def setup_cfg(args) -> Tuple[object, str, str]:
         logger.info(f"--task {task}: turning on MODEL.MASK_FORMER.TEST.{flags[task]}")
         test[flags[task]] = True
     cfg.freeze()
+    try:
+        register_from_config(cfg)  # DATASETS.REGISTER: the class names of a custom folder
+    except (OSError, ValueError) as e:
+        raise DemoError(str(e)) from e
     return cfg, task, hint
 
 

@@ -22,6 +22,7 @@ from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from mask2former.modeling.meta_arch.mask_former import dataset_metadata
+from mask2former.utils.weights import WeightsUnavailableError, resolve_weights
 
 TASKS = ("panoptic", "instance", "semantic")
 # Longer side, in pixels, to which larger inputs are shrunk (memory: docs/RELIABILITY.md, "Large inputs").
@@ -62,6 +63,10 @@ def load_weights(model: torch.nn.Module, path: str, train_hint: str = "") -> Non
     if "://" not in path and not os.path.isfile(path):
         where = "" if os.path.isabs(path) else f" (here: {os.path.abspath(path)})"
         raise DemoError(f"checkpoint not found: {path}{where}. {train_hint}".strip())
+    try:
+        path = resolve_weights(path)  # a URL is downloaded into detectron2's cache (once)
+    except WeightsUnavailableError as e:
+        raise DemoError(str(e)) from e
     checkpointer = _RecordingCheckpointer(model)
     # fvcore logs every mismatch as a warning; they are all reported below, in one message.
     checkpointer.logger = logging.getLogger("demo.checkpointer")
@@ -95,10 +100,12 @@ def display_metadata(metadata: Optional[Metadata], num_classes: int) -> Metadata
     stuff_classes; an instance dataset lists them in thing_classes); missing ones become "class <id>" and a
     fixed palette colour."""
     def per_class(keys):
-        for key in keys:
-            values = metadata.get(key, None) if metadata is not None else None
-            if values is not None and len(values) >= num_classes:
-                return list(values)[:num_classes]
+        # a list of exactly num_classes first: Cityscapes instance models predict its 8 thing_classes, while
+        # its metadata also lists the 19 semantic classes in stuff_classes
+        found = [metadata.get(key, None) if metadata is not None else None for key in keys]
+        for values in sorted((v for v in found if v is not None and len(v) >= num_classes),
+                             key=lambda v: len(v) != num_classes):
+            return list(values)[:num_classes]
         return None
 
     names = per_class(["stuff_classes", "thing_classes"]) or [

@@ -52,6 +52,10 @@ def add_maskformer2_config(cfg):
     # naming the rank and iteration and the stacks of all threads (mask2former/engine/watchdog.py; an integer,
     # 0 = off).
     cfg.DATALOADER.TIMEOUT = 0
+    # Ours: datasets in a standard format to register before the datasets are used, as strings
+    # "KIND NAME key=value ..." (KIND: coco_panoptic, coco_instance, sem_seg); see
+    # mask2former/data/datasets/register_folder.py and docs/CUSTOM_DATA.md.
+    cfg.DATASETS.REGISTER = []
 
     # solver
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0

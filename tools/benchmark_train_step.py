@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mask2former.engine import MaskFormerTrainer as Trainer  # noqa: E402  (first: imports detectron2 quietly)
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from mask2former.engine.checkpoint import MaskFormerCheckpointer  # noqa: E402
 from mask2former.modeling.pixel_decoder.deformable_attention import MSDeformAttn  # noqa: E402
 from train_net import build_config  # noqa: E402
 
@@ -86,7 +86,7 @@ def main():
     torch.manual_seed(0)
     model = Trainer.build_model(cfg).train()
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        MaskFormerCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     optimizer = Trainer.build_optimizer(cfg, model)
     loader = iter(Trainer.build_train_loader(cfg))
     batches = [next(loader) for _ in range(args.repeats + 2)]

@@ -1,7 +1,9 @@
 """
 Checkpoints that survive kills and full disks, and resuming that survives a damaged checkpoint.
 
-``MaskFormerCheckpointer`` is detectron2's ``DetectionCheckpointer`` with three changes (docs/RELIABILITY.md):
+``MaskFormerCheckpointer`` is :class:`~mask2former.utils.weights.WeightsCheckpointer` (detectron2's
+``DetectionCheckpointer`` reading weights from URLs and without running code) with three changes
+(docs/RELIABILITY.md):
 
 * **Atomic saves.** A checkpoint is written to a temporary file beside it, flushed, fsynced and renamed;
   then ``last_checkpoint`` is replaced the same way. A process killed at any moment leaves the previous
@@ -23,15 +25,15 @@ Checkpoints that survive kills and full disks, and resuming that survives a dama
 import glob
 import logging
 import os
-import pickle
 import re
 from typing import List
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from torch.nn.parallel import DistributedDataParallel
 
 from ..utils.disk import atomic_write
+from ..utils.safe_load import UnsafeCheckpointError, load_torch_with_config
+from ..utils.weights import WeightsCheckpointer
 
 __all__ = ["MaskFormerCheckpointer", "CheckpointUnreadableError"]
 
@@ -50,57 +52,19 @@ def _iteration_of(path: str) -> float:
     return int(match.group(1)) if match else -1
 
 
-# What an unpickled training checkpoint may construct: tensors, containers, numbers, configs. No functions
-# beyond torch's tensor rebuilders, so a crafted file cannot run code.
-_ALLOWED = {
-    "collections": {"OrderedDict", "defaultdict"},
-    "builtins": {"set", "frozenset", "slice", "complex", "bytearray", "range"},
-    "__builtin__": {"set", "frozenset", "slice", "complex", "bytearray", "range"},  # pickle protocol 2 name
-    "torch": {"Size", "device"},
-    "torch.storage": {"UntypedStorage", "TypedStorage", "_load_from_bytes"},
-    "numpy": {"dtype", "ndarray"},
-    "numpy.core.multiarray": {"scalar", "_reconstruct"},
-    "numpy._core.multiarray": {"scalar", "_reconstruct"},
-    "yacs.config": {"CfgNode"},
-    "argparse": {"Namespace"},
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        allowed = (
-            name in _ALLOWED.get(module, ())
-            or (module == "torch._utils" and name.startswith("_rebuild"))
-            or (module == "torch" and (name.endswith("Storage") or isinstance(getattr(torch, name, None), torch.dtype)))
-        )
-        if not allowed:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a checkpoint")
-        return super().find_class(module, name)
-
-
-class _restricted_pickle:
-    """A ``pickle_module`` for ``torch.load`` whose unpickler only creates data types."""
-
-    Unpickler = _RestrictedUnpickler
-    load = pickle.load
-
-
-class MaskFormerCheckpointer(DetectionCheckpointer):
+class MaskFormerCheckpointer(WeightsCheckpointer):
     """``DetectionCheckpointer`` with atomic saves, resuming from the newest intact checkpoint and loading of
     backbone-only checkpoints (see the module docstring)."""
 
     def _load_file(self, filename: str):
-        if filename.endswith((".pkl", ".pyth")):
-            return super()._load_file(filename)
         try:
             return super()._load_file(filename)
-        except pickle.UnpicklingError:
-            # e.g. an official training checkpoint with its yacs config: read data types only
-            with open(filename, "rb") as f:
-                loaded = torch.load(f, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
-            if "model" not in loaded:
-                loaded = {"model": loaded}
-            return loaded
+        except UnsafeCheckpointError:
+            if filename.endswith((".pkl", ".pyth")):
+                raise
+            # e.g. an official training checkpoint that also pickles its yacs config
+            loaded = load_torch_with_config(filename)
+            return loaded if "model" in loaded else {"model": loaded}
 
     def _load_model(self, checkpoint):
         model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model

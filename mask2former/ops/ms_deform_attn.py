@@ -92,10 +92,12 @@ def resolve_impl(impl, value):
     return candidate
 
 
-def ms_deform_attn(value, spatial_shapes, sampling_locations, attention_weights, impl="auto"):
+def ms_deform_attn(value, spatial_shapes, sampling_locations, attention_weights, impl="auto",
+                   level_shapes=None):
     """Multi-scale deformable attention with the implementation ``impl`` chooses (see the module docstring).
 
     Every implementation accumulates in float32 (float64 for float64 input) and returns value's dtype.
+    ``level_shapes``: see :func:`ms_deform_attn_pytorch` (the kernels read the sizes from ``spatial_shapes``).
     """
     impl = resolve_impl(impl, value)
     if impl == "cpp":
@@ -106,11 +108,15 @@ def ms_deform_attn(value, spatial_shapes, sampling_locations, attention_weights,
         from .ms_deform_attn_triton import ms_deform_attn_triton
 
         return ms_deform_attn_triton(value, spatial_shapes, sampling_locations, attention_weights)
-    return ms_deform_attn_pytorch(value, spatial_shapes, sampling_locations, attention_weights)
+    return ms_deform_attn_pytorch(value, spatial_shapes, sampling_locations, attention_weights, level_shapes)
 
 
-def ms_deform_attn_pytorch(value, spatial_shapes, sampling_locations, attention_weights):
+def ms_deform_attn_pytorch(value, spatial_shapes, sampling_locations, attention_weights, level_shapes=None):
     """Sample every level at the given locations and sum the samples with the attention weights.
+
+    ``level_shapes``: the (H_l, W_l) of ``spatial_shapes`` as a sequence, if the caller has it (taken from the
+    feature maps' shapes, they stay symbolic when the model is exported with dynamic sizes; reading them back
+    from the tensor would fix them to the example's size).
 
     Sampling follows the convention of the original CUDA kernel: pixel centres at (i + 0.5) / size, zeros
     outside the feature map (``grid_sample`` with ``align_corners=False`` and zero padding). Levels are
@@ -118,7 +124,9 @@ def ms_deform_attn_pytorch(value, spatial_shapes, sampling_locations, attention_
     """
     N, _, M, D = value.shape
     _, Lq, _, L, P, _ = sampling_locations.shape
-    sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
+    if level_shapes is None:
+        level_shapes = spatial_shapes.tolist()
+    sizes = [h * w for h, w in level_shapes]
     # grid_sample works on (N*M, D, H, W) maps with (N*M, P, Lq, 2) grids in [-1, 1]. Points before queries:
     # its output (N*M, D, P, Lq) is then weighted and summed over points in rows of queries, which is faster on a
     # CPU than a (..., Lq, P) layout reduced by an einsum (docs/PERFORMANCE.md, "Deformable attention"). Grids and
@@ -126,8 +134,8 @@ def ms_deform_attn_pytorch(value, spatial_shapes, sampling_locations, attention_
     grids = (2 * sampling_locations - 1).permute(0, 2, 3, 4, 1, 5).reshape(N * M, L, P, Lq, 2).contiguous()
     weights = attention_weights.permute(0, 2, 3, 4, 1).reshape(N * M, L, P, Lq).contiguous()
     output = value.new_zeros(N * M, D, Lq)
-    for lvl, (value_l, (h, w)) in enumerate(zip(value.split(sizes, dim=1), spatial_shapes.tolist())):
-        value_l = value_l.permute(0, 2, 3, 1).reshape(N * M, D, int(h), int(w))
+    for lvl, (value_l, (h, w)) in enumerate(zip(value.split(sizes, dim=1), level_shapes)):
+        value_l = value_l.permute(0, 2, 3, 1).reshape(N * M, D, h, w)
         samples = F.grid_sample(
             value_l, grids[:, lvl], mode="bilinear", padding_mode="zeros", align_corners=False
         )  # (N*M, D, P, Lq)

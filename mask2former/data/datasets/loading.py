@@ -9,10 +9,14 @@ Helpers shared by the dataset registrations (``register_*.py``) and the preparat
 - :func:`load_sem_seg_files`, :func:`load_panoptic_json`: detectron2 dataset dicts for label-map folders and
   COCO-format panoptic annotations.
 - :func:`rgb2id`, :func:`id2rgb`: the COCO panoptic PNG encoding, segment id = R + 256 G + 256^2 B.
+- :func:`shipped_categories`: the class lists shipped in ``mask2former/data/metadata/*.json`` (each file says
+  where its facts come from), so that a model of an official dataset is built and run without the dataset;
+  :func:`check_categories` checks a dataset's own categories against them when the dataset is loaded.
 """
 import json
 import logging
 import os
+from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional
 
 import numpy as np
@@ -33,11 +37,16 @@ __all__ = [
     "check_panoptic_json",
     "rgb2id",
     "id2rgb",
+    "METADATA_DIR",
+    "shipped_categories",
+    "instance_metadata",
+    "check_categories",
 ]
 
 logger = logging.getLogger(__name__)
 
 README_HINT = "See datasets/README.md for the expected layout."
+METADATA_DIR = Path(__file__).resolve().parents[1] / "metadata"
 
 
 def datasets_root() -> str:
@@ -281,3 +290,36 @@ def id2rgb(ids: np.ndarray) -> np.ndarray:
     """(H, W) segment ids (< 2^24) -> (H, W, 3) uint8 colours of a COCO panoptic PNG."""
     ids = np.asarray(ids, dtype=np.int64)
     return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
+
+
+def shipped_categories(file_name: str) -> List[dict]:
+    """The "categories" of ``mask2former/data/metadata/<file_name>``, in contiguous-id order."""
+    return read_json(str(METADATA_DIR / file_name), "it is part of the mask2former package (reinstall it).")["categories"]
+
+
+def instance_metadata(categories: List[dict]) -> dict:
+    """thing_classes (+ thing_colors), thing_dataset_id_to_contiguous_id of the things among ``categories``, in
+    their order (contiguous ids count things only, as instance datasets do)."""
+    things = [c for c in categories if c.get("isthing", 1)]
+    meta = {
+        "thing_classes": [c["name"] for c in things],
+        "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(things)},
+    }
+    if all("color" in c for c in things):
+        meta["thing_colors"] = [list(c["color"]) for c in things]
+    return meta
+
+
+def check_categories(source: str, categories: Iterable[dict], expected: Iterable[dict], hint: str) -> None:
+    """Raise ValueError when the dataset's categories (id -> name, ``source`` names the file) differ from the
+    ``expected`` ones (the shipped list the model's classes follow): a shifted id would mislabel every pixel."""
+    got = {c["id"]: str(c["name"]).strip() for c in categories}
+    want = {c["id"]: str(c["name"]).strip() for c in expected}
+    if got == want:
+        return
+    diff = [f"id {i}: {got.get(i, '(absent)')!r} instead of {want.get(i, '(absent)')!r}"
+            for i in sorted(set(got) | set(want), key=str) if got.get(i) != want.get(i)]
+    raise ValueError(
+        f"'{source}': its categories differ from the classes the model and evaluators use ({len(diff)} ids differ, "
+        f"e.g. {'; '.join(diff[:3])}). {hint}"
+    )

@@ -9,27 +9,41 @@ Layout under ``$DETECTRON2_DATASETS`` (see datasets/README.md), as unpacked from
     mapillary_vistas/{training,validation}/panoptic/*.png                  COCO-format panoptic PNGs
     mapillary_vistas/{training,validation}/panoptic/panoptic_2018.json     COCO-format panoptic JSON
 
-Categories come from the panoptic JSON, read on first use; their contiguous ids follow the category ids.
-The semantic maps number classes by ``config.json``: loading checks that both list the same number of
+The official splits use the classes shipped in ``metadata/mapillary_vistas_65.json``, so that a model is
+built without the dataset; loading checks the panoptic JSON's categories against them. Without
+``categories``, ``register_mapillary_vistas_panoptic`` reads them from the panoptic JSON on first use (their
+contiguous ids follow the category ids). The semantic maps number classes by ``config.json``: loading checks that both list the same number of
 classes (and warns where names differ), since a mismatch would mislabel every pixel.
 """
 import logging
 import os
 from functools import partial
+from typing import List, Optional
 
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .loading import (
     PANOPTIC_LAZY_KEYS,
+    check_categories,
     datasets_root,
     load_panoptic_json,
     panoptic_json_metadata,
+    panoptic_metadata,
     read_json,
     register_lazy_metadata,
+    shipped_categories,
 )
-from .register_mapillary_vistas import DOWNLOAD_HINT, IGNORE_LABEL, mapillary_vistas_labels
+from .register_mapillary_vistas import DOWNLOAD_HINT, IGNORE_LABEL, check_config_labels, mapillary_vistas_labels
 
-__all__ = ["register_mapillary_vistas_panoptic"]
+__all__ = ["MAPILLARY_VISTAS_PANOPTIC_SPLITS", "register_mapillary_vistas_panoptic"]
+
+# name -> (images, panoptic PNGs, panoptic JSON, semantic maps), under mapillary_vistas/
+MAPILLARY_VISTAS_PANOPTIC_SPLITS = {
+    "mapillary_vistas_panoptic_train": ("training/images", "training/panoptic", "training/panoptic/panoptic_2018.json",
+                                        "training/labels"),
+    "mapillary_vistas_panoptic_val": ("validation/images", "validation/panoptic",
+                                      "validation/panoptic/panoptic_2018.json", "validation/labels"),
+}
 
 logger = logging.getLogger(__name__)
 
@@ -48,21 +62,29 @@ def _check_class_order(categories: list, panoptic_json: str, config_json: str) -
                            f"'{config_json}' says {l.get('readable')!r}")
 
 
-def _load(panoptic_json, image_root, panoptic_root, sem_seg_root, config_json):
+def _load(panoptic_json, image_root, panoptic_root, sem_seg_root, config_json, categories=None):
     data = read_json(panoptic_json, DOWNLOAD_HINT)
-    _check_class_order(data["categories"], panoptic_json, config_json)
-    return load_panoptic_json(panoptic_json, image_root, panoptic_root, None, sem_seg_root, hints=_HINTS, data=data)
+    meta = None
+    if categories is None:
+        _check_class_order(data["categories"], panoptic_json, config_json)
+    else:
+        check_categories(panoptic_json, data["categories"], categories, "Is it the panoptic_2018.json of v1.2?")
+        check_config_labels(config_json, categories)
+        meta = panoptic_metadata(categories)
+    return load_panoptic_json(panoptic_json, image_root, panoptic_root, meta, sem_seg_root, hints=_HINTS, data=data)
 
 
 def register_mapillary_vistas_panoptic(
-    name: str, image_root: str, panoptic_root: str, panoptic_json: str, sem_seg_root: str, config_json: str
+    name: str, image_root: str, panoptic_root: str, panoptic_json: str, sem_seg_root: str, config_json: str,
+    categories: Optional[List[dict]] = None,
 ) -> None:
-    """Register one split; nothing is read until the dataset or its class names are used."""
-    DatasetCatalog.register(name, partial(_load, panoptic_json, image_root, panoptic_root, sem_seg_root, config_json))
-    register_lazy_metadata(
-        name,
-        partial(panoptic_json_metadata, panoptic_json, DOWNLOAD_HINT),
-        PANOPTIC_LAZY_KEYS,
+    """Register one split; nothing is read until the dataset (or, without ``categories``, its class names) is used.
+
+    Args:
+        categories: the 65 classes ({"id", "name", "isthing", "color"}) in contiguous-id order; the panoptic
+            JSON and ``config.json`` must have the same. Default: read from the panoptic JSON on first use.
+    """
+    values = dict(
         image_root=image_root,
         panoptic_root=panoptic_root,
         panoptic_json=panoptic_json,
@@ -71,19 +93,21 @@ def register_mapillary_vistas_panoptic(
         ignore_label=IGNORE_LABEL,
         label_divisor=1000,
     )
+    DatasetCatalog.register(
+        name, partial(_load, panoptic_json, image_root, panoptic_root, sem_seg_root, config_json, categories))
+    if categories is None:
+        register_lazy_metadata(name, partial(panoptic_json_metadata, panoptic_json, DOWNLOAD_HINT), PANOPTIC_LAZY_KEYS,
+                               **values)
+    else:
+        MetadataCatalog.get(name).set(**values, **panoptic_metadata(categories))
 
 
 def register_all_mapillary_vistas_panoptic(root: str) -> None:
     root = os.path.join(root, "mapillary_vistas")
-    for split, dirname in [("train", "training"), ("val", "validation")]:
-        register_mapillary_vistas_panoptic(
-            f"mapillary_vistas_panoptic_{split}",
-            image_root=os.path.join(root, dirname, "images"),
-            panoptic_root=os.path.join(root, dirname, "panoptic"),
-            panoptic_json=os.path.join(root, dirname, "panoptic", "panoptic_2018.json"),
-            sem_seg_root=os.path.join(root, dirname, "labels"),
-            config_json=os.path.join(root, "config.json"),
-        )
+    categories = shipped_categories("mapillary_vistas_65.json")
+    for name, paths in MAPILLARY_VISTAS_PANOPTIC_SPLITS.items():
+        register_mapillary_vistas_panoptic(name, *(os.path.join(root, p) for p in paths),
+                                           os.path.join(root, "config.json"), categories)
 
 
 register_all_mapillary_vistas_panoptic(datasets_root())

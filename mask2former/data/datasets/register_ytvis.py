@@ -8,8 +8,9 @@ Registers the video instance segmentation datasets (YouTube-VIS format) on ``imp
     shapes_world_video_{train,val}  generated on first use (shapes_world_video.py) in shapes_world_video/
 
 All have ``evaluator_type`` "ytvis" (mask2former.evaluation.YTVISEvaluator) and are read by the "ytvis"
-dataset mapper (INPUT.DATASET_MAPPER_NAME). Class lists: YouTube-VIS 2019 from
-``metadata/ytvis_2019.json`` (checked against the dataset's JSON when it is loaded); the others are read
+dataset mapper (INPUT.DATASET_MAPPER_NAME). Class lists (names, colours): ``metadata/ytvis_2019.json``,
+``metadata/ytvis_2021.json``, ``metadata/ovis.json``, checked against the dataset's JSON when it is loaded,
+so that a model is built without the dataset. ``register_ytvis_instances`` without a class list reads it
 from the dataset JSON's "categories" on first access of the metadata (registering reads nothing).
 """
 import json
@@ -41,12 +42,13 @@ YTVIS_SPLITS: Dict[str, Tuple[str, str]] = {
     "ovis_val": ("ovis/valid", "ovis/annotations/annotations_valid.json"),
     "ovis_test": ("ovis/test", "ovis/annotations/annotations_test.json"),
 }
-CLASS_LISTS = {"ytvis_2019": "ytvis_2019.json"}
+CLASS_LISTS = {"ytvis_2019": "ytvis_2019.json", "ytvis_2021": "ytvis_2021.json", "ovis": "ovis.json"}
 
 
 def _class_list_metadata(file_name: str) -> dict:
     with open(METADATA_DIR / file_name) as f:
-        return ytvis_categories_metadata(json.load(f)["categories"])
+        categories = json.load(f)["categories"]
+    return dict(ytvis_categories_metadata(categories), thing_colors=[c["color"] for c in categories])
 
 
 def register_ytvis_instances(name: str, metadata: dict, json_file: str, image_root: str) -> None:

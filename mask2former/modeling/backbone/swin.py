@@ -60,10 +60,10 @@ def shifted_window_mask(
     """
 
     def region_ids(size: int) -> torch.Tensor:
-        ids = torch.zeros(size, dtype=torch.long, device=device)
-        ids[size - window_size : size - shift_size] = 1
-        ids[size - shift_size :] = 2
-        return ids
+        # 0 before the last window, 1 in it up to the last shift_size tokens, 2 there; comparisons rather than
+        # slice assignments, which ONNX export (tools/export_model.py) would turn into fixed-size writes
+        pos = torch.arange(size, device=device)
+        return (pos >= size - window_size).long() + (pos >= size - shift_size).long()
 
     regions = region_ids(height)[:, None] * 3 + region_ids(width)[None, :]  # (height, width)
     regions = window_partition(regions[None, :, :, None], window_size).squeeze(-1)  # (nW, ws*ws)
@@ -207,7 +207,8 @@ class SwinTransformerBlock(nn.Module):
         ws, shift = self.window_size, self.shift_size
 
         y = self.norm1(x)
-        y = F.pad(y, (0, 0, 0, (-W) % ws, 0, (-H) % ws))  # zero tokens at the bottom / right
+        # zero tokens at the bottom / right; non-negative operands only, since ONNX integer division truncates
+        y = F.pad(y, (0, 0, 0, (ws - W % ws) % ws, 0, (ws - H % ws) % ws))
         Hp, Wp = y.shape[1:3]
         if shift > 0:
             y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
@@ -289,7 +290,7 @@ class SwinStage(nn.Module):
         shift_mask = None
         if any(blk.shift_size > 0 for blk in self.blocks):
             ws = self.window_size
-            Hp, Wp = -(-x.shape[1] // ws) * ws, -(-x.shape[2] // ws) * ws
+            Hp, Wp = (x.shape[1] + ws - 1) // ws * ws, (x.shape[2] + ws - 1) // ws * ws
             shift_mask = shifted_window_mask(Hp, Wp, ws, self.shift_size, x.device).to(x.dtype)
         for blk in self.blocks:
             if self.use_checkpoint and torch.is_grad_enabled():
@@ -312,7 +313,7 @@ class PatchEmbed(nn.Module):
         """(B, C_in, H, W) -> (B, embed_dim, ceil(H / patch), ceil(W / patch)); the image is zero-padded."""
         H, W = x.shape[-2:]
         p = self.patch_size
-        x = self.proj(F.pad(x, (0, (-W) % p, 0, (-H) % p)))
+        x = self.proj(F.pad(x, (0, (p - W % p) % p, 0, (p - H % p) % p)))
         if self.norm is not None:
             x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return x

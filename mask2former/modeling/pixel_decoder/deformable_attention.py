@@ -56,7 +56,8 @@ class MSDeformAttn(nn.Module):
         nn.init.xavier_uniform_(self.output_proj.weight)
         nn.init.constant_(self.output_proj.bias, 0.0)
 
-    def forward(self, query, reference_points, input_flatten, input_spatial_shapes, input_padding_mask=None):
+    def forward(self, query, reference_points, input_flatten, input_spatial_shapes, input_padding_mask=None,
+                level_shapes=None):
         """
         Args:
             query: (N, Lq, C)
@@ -64,6 +65,7 @@ class MSDeformAttn(nn.Module):
             input_flatten: (N, S, C), all levels flattened and concatenated.
             input_spatial_shapes: (L, 2) int64, (H_l, W_l).
             input_padding_mask: (N, S) bool, True at padding (its values are zeroed), or None.
+            level_shapes: optional sequence of the (H_l, W_l) of ``input_spatial_shapes`` (see ms_deform_attn).
         Returns:
             (N, Lq, C)
         """
@@ -84,5 +86,6 @@ class MSDeformAttn(nn.Module):
         if impl == "pytorch":
             value = value.float()
         with torch.autocast(device_type=value.device.type, enabled=False):
-            output = ms_deform_attn(value, input_spatial_shapes, locations.float(), weights.float(), impl=impl)
+            output = ms_deform_attn(value, input_spatial_shapes, locations.float(), weights.float(), impl=impl,
+                                    level_shapes=level_shapes)
         return self.output_proj(output.to(query.dtype))

@@ -33,9 +33,9 @@ class MSDeformAttnEncoderLayer(nn.Module):
         self.dropout3 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
 
-    def forward(self, src, pos, reference_points, spatial_shapes, padding_mask=None):
+    def forward(self, src, pos, reference_points, spatial_shapes, padding_mask=None, level_shapes=None):
         """src, pos: (N, S, C); reference_points: (N, S, L, 2) -> (N, S, C)."""
-        attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, padding_mask)
+        attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, padding_mask, level_shapes)
         src = self.norm1(src + self.dropout1(attn))
         ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout3(ffn))
@@ -64,13 +64,14 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
         nn.init.normal_(self.level_embed)
 
     @staticmethod
-    def reference_points(spatial_shapes, valid_ratios, device):
-        """Pixel centres of every level, normalised by the valid (unpadded) size: (N, S, L, 2) as (x, y)."""
+    def reference_points(spatial_shapes, valid_ratios, device, level_shapes=None):
+        """Pixel centres of every level, normalised by the valid (unpadded) size: (N, S, L, 2) as (x, y).
+        ``level_shapes``: the (H_l, W_l) of ``spatial_shapes`` as a sequence, if known (see ms_deform_attn)."""
         points = []
-        for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
-            ref_y, ref_x = torch.meshgrid(
-                torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device),
-                torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device),
+        for lvl, (h, w) in enumerate(spatial_shapes.tolist() if level_shapes is None else level_shapes):
+            ref_y, ref_x = torch.meshgrid(  # 0.5, 1.5, ..., size - 0.5
+                torch.arange(h, dtype=torch.float32, device=device) + 0.5,
+                torch.arange(w, dtype=torch.float32, device=device) + 0.5,
                 indexing="ij",
             )
             ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * h)
@@ -93,15 +94,17 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
             pos_flat.append(pos.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1))
         src_flat = torch.cat(src_flat, 1)
         pos_flat = torch.cat(pos_flat, 1)
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flat.device)
+        # from the shapes as they are (not through Python ints), so that an exported graph keeps them symbolic
+        spatial_shapes = torch.stack([torch.stack([torch.as_tensor(s, dtype=torch.long, device=src_flat.device)
+                                                   for s in shape]) for shape in shapes])
         level_start_index = torch.cat((spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]))
         # Inputs are never padded inside a level (padding is real image content after normalisation),
         # so every level is fully valid.
         valid_ratios = src_flat.new_ones(src_flat.shape[0], len(srcs), 2)
-        reference_points = self.reference_points(spatial_shapes, valid_ratios, src_flat.device)
+        reference_points = self.reference_points(spatial_shapes, valid_ratios, src_flat.device, shapes)
         memory = src_flat
         for layer in self.encoder.layers:
-            memory = layer(memory, pos_flat, reference_points, spatial_shapes)
+            memory = layer(memory, pos_flat, reference_points, spatial_shapes, level_shapes=shapes)
         return memory, spatial_shapes, level_start_index
 
 
@@ -218,12 +221,12 @@ class MSDeformAttnPixelDecoder(nn.Module):
             x = features[name].float()  # deformable attention runs in fp32
             srcs.append(self.input_proj[idx](x))
             pos.append(self.pe_layer(x))
-        memory, spatial_shapes, _ = self.transformer(srcs, pos)
-        sizes = spatial_shapes.prod(1).tolist()
+        memory, _, _ = self.transformer(srcs, pos)
+        shapes = [s.shape[-2:] for s in srcs]
         n = memory.shape[0]
         out = [
-            z.transpose(1, 2).reshape(n, -1, int(h), int(w))
-            for z, (h, w) in zip(memory.split(sizes, dim=1), spatial_shapes.tolist())
+            z.transpose(1, 2).reshape(n, -1, h, w)
+            for z, (h, w) in zip(memory.split([h * w for h, w in shapes], dim=1), shapes)
         ]
         for idx, name in enumerate(self.in_features[: self.num_fpn_levels][::-1]):
             x = features[name].float()
