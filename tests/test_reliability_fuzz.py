@@ -291,3 +291,96 @@ def test_ytvis_json_reader_on_fuzzed_json(data):
         for frame in record.get("annotations", []):  # no annotations at all: a test split
             for obj in frame:
                 assert 0 <= obj["category_id"] < 3
+
+
+# ------------------------------------------------------------------------------------------ semantic mapper
+label_value = st.one_of(st.integers(0, NUM_CLASSES - 1), st.integers(0, NUM_CLASSES - 1), st.just(255),
+                        st.integers(NUM_CLASSES, 254))
+
+
+@FUZZ
+@given(values=st.lists(label_value, min_size=1, max_size=4), seed=st.integers(0, 2**16),
+       shape=st.sampled_from([(H, W), (H, W), (H, W), (W, H), (H + 1, W), (1, 1)]))
+def test_semantic_mapper_on_fuzzed_label_maps(values, seed, shape):
+    CASES["semantic mapper"] += 1
+    label = np.asarray(values, dtype=np.uint8)[np.random.default_rng(seed).integers(0, len(values), shape)]
+    path = os.path.join(WORK, f"label_{seed}_{shape[0]}x{shape[1]}.png")
+    Image.fromarray(label).save(path)
+    mapper = build_dataset_mapper(make_cfg("mask_former_semantic", **{"MIN_SIZE_TRAIN": (H,)}), is_train=True)
+    item = {"file_name": _image_file(), "height": H, "width": W, "sem_seg_file_name": path}
+    try:
+        out = mapper(item)
+    except BadDatasetItemError as e:
+        assert path in str(e) or _image_file() in str(e)
+        invalid = any(NUM_CLASSES <= v < 255 for v in np.unique(label))
+        assert shape != (H, W) or invalid, f"a valid {shape} label map was refused: {e}"
+        CASES["semantic mapper: named error"] += 1
+        return
+    # accepted: the label map as written, one instance per class present (ignore excluded)
+    assert shape == (H, W)
+    assert np.array_equal(out["sem_seg"].numpy(), label)
+    present = [int(v) for v in np.unique(label) if v != 255]
+    assert out["instances"].gt_classes.tolist() == present
+    for c, mask in zip(present, out["instances"].gt_masks.numpy()):
+        assert np.array_equal(mask, label == c)
+
+
+# ------------------------------------------------------------------------------------------ SAM mask reader
+@st.composite
+def sam_segmentation(draw):
+    """A SAM automatic-generator 'segmentation': a binary array or a COCO RLE, often valid, sometimes not."""
+    seed = draw(st.integers(0, 2**16))
+    shape = draw(st.sampled_from([(H, W), (H, W), (H, W), (W, H), (H, W + 1)]))
+    mask = np.random.default_rng(seed).random(shape) < draw(st.sampled_from([0.0, 0.3, 0.7]))
+    kind = draw(st.sampled_from(["array", "list", "rle", "rle_uncompressed", "rle_bad_counts", "rle_no_size",
+                                 "values", "ragged"]))
+    if kind == "array":
+        return mask
+    if kind == "list":
+        return mask.astype(int).tolist()
+    if kind == "values":
+        return mask.astype(np.uint8) * 3
+    if kind == "ragged":
+        return [[0, 1], [1]]
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    if kind == "rle":
+        return {"size": list(rle["size"]), "counts": rle["counts"].decode()}
+    if kind == "rle_uncompressed":
+        flat = mask.flatten(order="F").astype(int)
+        runs, current, n = [], 0, 0
+        for v in flat:
+            if v != current:
+                runs.append(n)
+                current, n = v, 0
+            n += 1
+        runs.append(n)
+        return {"size": list(shape), "counts": runs}
+    if kind == "rle_bad_counts":
+        return {"size": list(rle["size"]), "counts": draw(st.text("0123456789:;<=>?@ABCDEFGHIJKL", max_size=8))}
+    return {"counts": rle["counts"].decode()}
+
+
+@FUZZ
+@given(st.lists(sam_segmentation(), min_size=1, max_size=4), st.booleans())
+def test_sam_mask_reader_on_fuzzed_records(segmentations, skip_bad):
+    from mask2former.data.sam_masks import MaskInputError, read_given_masks
+
+    CASES["SAM masks"] += 1
+    records = [{"segmentation": s, "id": 100 + i, "predicted_iou": 0.9} for i, s in enumerate(segmentations)]
+    try:
+        given = read_given_masks(records, (H, W), source="fuzz.json", skip_bad=skip_bad)
+    except MaskInputError as e:
+        assert not skip_bad and "fuzz.json" in str(e) and e.index is not None and 0 <= e.index < len(records)
+        CASES["SAM masks: named error"] += 1
+        return
+    # accepted masks keep their input order and ids, and match what was given; skipped ones are all accounted for
+    assert given.indices == sorted(given.indices)
+    assert given.ids == [100 + i for i in given.indices]
+    assert sorted(given.indices + [i for i, _, _ in given.skipped]) == list(range(len(records)))
+    for i, mask in zip(given.indices, given.masks):
+        seg = segmentations[i]
+        if isinstance(seg, dict):
+            expected = _expected_mask(dict(seg, counts=seg["counts"]))
+        else:
+            expected = np.asarray(seg).astype(bool)
+        assert mask.shape == (H, W) and mask.any() and np.array_equal(mask, expected)
