@@ -28,6 +28,7 @@ def run_python(code: str, tmp_path, timeout=240):
 @pytest.mark.parametrize("file_name, count, things", [
     ("ade20k_150.json", 150, 100), ("mapillary_vistas_65.json", 65, 37), ("ytvis_2019.json", 40, None),
     ("ytvis_2021.json", 40, None), ("ovis.json", 25, None), ("coco_stuff_171.json", 171, 80),
+    ("ade20k_full_847.json", 847, None),
 ])
 def test_shipped_class_lists(file_name, count, things):
     data = json.loads((METADATA / file_name).read_text())
@@ -132,3 +133,29 @@ def test_dataset_categories_are_checked_against_the_shipped_list(tmp_path):
             DatasetCatalog.get(name)
     finally:
         DatasetCatalog.remove(name)
+
+
+def test_ade20k_full_names_without_the_dataset_and_checked_on_loading(tmp_path):
+    """ade20k_full_sem_seg_* name the official 847 classes with no dataset on disk; a prepared folder whose
+    categories file lists other classes is refused when the dataset is loaded."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from mask2former.data.datasets.register_ade20k_full import register_ade20k_full
+
+    meta = MetadataCatalog.get("ade20k_full_sem_seg_val")
+    assert len(meta.stuff_classes) == 847 and meta.stuff_classes[0] == "wall"
+    assert meta.stuff_classes[846] == "adding machine, totalizer, totaliser"
+    shipped = json.loads((METADATA / "ade20k_full_847.json").read_text())["categories"]
+    assert [c["trainId"] for c in shipped] == list(range(847))
+    other = [dict(c, id=c["id"] + 1) if c["trainId"] == 5 else c for c in shipped]
+    (tmp_path / "cats.json").write_text(json.dumps(other))
+    name = "test_ade20k_full_other_classes"
+    register_ade20k_full(name, str(tmp_path / "images"), str(tmp_path / "labels"), str(tmp_path / "cats.json"),
+                         shipped=True)
+    try:
+        assert MetadataCatalog.get(name).stuff_classes == meta.stuff_classes
+        with pytest.raises(ValueError, match="cats.json.*847.*differ first at trainId 5"):
+            DatasetCatalog.get(name)
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
