@@ -28,7 +28,7 @@ def run_python(code: str, tmp_path, timeout=240):
 @pytest.mark.parametrize("file_name, count, things", [
     ("ade20k_150.json", 150, 100), ("mapillary_vistas_65.json", 65, 37), ("ytvis_2019.json", 40, None),
     ("ytvis_2021.json", 40, None), ("ovis.json", 25, None), ("coco_stuff_171.json", 171, 80),
-    ("ade20k_full_847.json", 847, None),
+    ("ade20k_full_847.json", 847, None), ("coco_panoptic_133.json", 133, 80), ("cityscapes_19.json", 19, 8),
 ])
 def test_shipped_class_lists(file_name, count, things):
     data = json.loads((METADATA / file_name).read_text())
@@ -159,3 +159,25 @@ def test_ade20k_full_names_without_the_dataset_and_checked_on_loading(tmp_path):
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+def test_coco_and_cityscapes_lists_match_the_registered_datasets():
+    """The shipped COCO and Cityscapes lists are the class orders of the datasets the official configs name."""
+    from detectron2.data import MetadataCatalog
+
+    import mask2former  # noqa: F401  (registers the datasets)
+
+    coco = json.loads((METADATA / "coco_panoptic_133.json").read_text())["categories"]
+    assert len(coco) == 133 and [c["isthing"] for c in coco] == [1] * 80 + [0] * 53
+    panoptic = MetadataCatalog.get("coco_2017_val_panoptic_with_sem_seg")
+    assert panoptic.stuff_classes == [c["name"] for c in coco]
+    assert panoptic.thing_classes == [c["name"] for c in coco[:80]]
+    assert MetadataCatalog.get("coco_2017_val").thing_classes == [c["name"] for c in coco[:80]]
+
+    cityscapes = json.loads((METADATA / "cityscapes_19.json").read_text())["categories"]
+    assert [c["trainId"] for c in cityscapes] == list(range(19))
+    assert MetadataCatalog.get("cityscapes_fine_sem_seg_val").stuff_classes == [c["name"] for c in cityscapes]
+    things = [c["name"] for c in cityscapes if c["isthing"]]
+    assert MetadataCatalog.get("cityscapes_fine_instance_seg_val").thing_classes == things
+    colors = MetadataCatalog.get("cityscapes_fine_panoptic_val").stuff_colors
+    assert [list(c) for c in colors] == [c["color"] for c in cityscapes]

@@ -17,9 +17,8 @@ import os
 from functools import partial
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
-from .loading import datasets_root, load_panoptic_json, panoptic_metadata
+from .loading import datasets_root, load_panoptic_json, panoptic_metadata, shipped_categories
 
 __all__ = ["coco_panoptic_metadata", "register_coco_panoptic_annos_sem_seg"]
 
@@ -38,8 +37,8 @@ _HINTS = {
 
 
 def coco_panoptic_metadata() -> dict:
-    """Class names, colours and id maps of COCO panoptic (detectron2's ``COCO_CATEGORIES``, things first)."""
-    return panoptic_metadata(COCO_CATEGORIES)
+    """Class names, colours and id maps of COCO panoptic (``metadata/coco_panoptic_133.json``, things first)."""
+    return panoptic_metadata(shipped_categories("coco_panoptic_133.json"))
 
 
 def register_coco_panoptic_annos_sem_seg(
