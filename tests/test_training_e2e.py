@@ -8,6 +8,7 @@ import os
 
 import pytest
 from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from mask2former import add_maskformer2_config, add_maskformer2_video_config
 from mask2former.data.datasets.register_shapes_world import register_shapes_world
@@ -19,7 +20,11 @@ PREFIX = "shapes_world_e2e"
 
 
 def register_data(root):
-    """Generate (once) and register the tiny shapes-world splits under ``root``."""
+    """Generate (once) and register the tiny shapes-world splits under ``root`` (again when another test module
+    registered them for its own folder)."""
+    for name in [n for n in DatasetCatalog.list() if n.startswith(PREFIX + "_")]:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
     register_shapes_world(str(root), prefix=PREFIX, num_train=16, num_val=3, seed=5, min_size=96, max_size=128)
 
 
