@@ -35,8 +35,10 @@ _logged = set()
 
 
 def _log_once(impl, reason):
-    if (impl, reason) not in _logged:
-        _logged.add((impl, reason))
+    # Once per implementation: the layer resolves "auto" and then calls the op with the resolved name, which
+    # would otherwise log the same choice again with another reason.
+    if impl not in _logged:
+        _logged.add(impl)
         logger.info(f"multi-scale deformable attention: using the {impl} implementation ({reason})")
 
 
