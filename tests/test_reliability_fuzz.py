@@ -7,6 +7,7 @@ unhandled exception, never a silently wrong label. The number of cases tried is 
 (and kept in pytest's cache under "reliability/fuzz_cases").
 """
 import collections
+import functools
 import io
 import json
 import math
@@ -384,3 +385,46 @@ def test_sam_mask_reader_on_fuzzed_records(segmentations, skip_bad):
         else:
             expected = np.asarray(seg).astype(bool)
         assert mask.shape == (H, W) and mask.any() and np.array_equal(mask, expected)
+
+
+# ------------------------------------------------------------------------------------------ panoptic mapper
+# mostly valid values (one bad value in 8), so that accepted items are common too
+segment_id = st.one_of(*[st.integers(1, 4)] * 7, st.sampled_from([0, -3, True, "2"]))
+category = st.one_of(*[st.integers(0, NUM_CLASSES - 1)] * 7, st.sampled_from([NUM_CLASSES, -1, None]))
+segment = st.fixed_dictionaries({"id": segment_id, "category_id": category}, optional={"iscrowd": st.sampled_from([0, 1])})
+
+
+@functools.lru_cache(maxsize=None)
+def _panoptic_mapper():
+    return build_dataset_mapper(make_cfg("mask_former_panoptic", **{"MIN_SIZE_TRAIN": (H,)}), is_train=True)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(segments=st.lists(segment, max_size=4), seed=st.integers(0, 2**16),
+       shape=st.sampled_from([(H, W), (H, W), (H, W), (W, H)]))
+def test_panoptic_mapper_on_fuzzed_segments(segments, seed, shape):
+    CASES["panoptic mapper"] += 1
+    ids = np.random.default_rng(seed).integers(0, 5, shape)  # segment ids 1..4 drawn, 0 = void
+    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 256 ** 2], axis=-1).astype(np.uint8)
+    path = os.path.join(WORK, f"pan_{seed}_{shape[0]}x{shape[1]}.png")
+    Image.fromarray(rgb).save(path)
+    mapper = _panoptic_mapper()
+    item = {"file_name": _image_file(), "height": H, "width": W, "pan_seg_file_name": path,
+            "segments_info": [dict(s) for s in segments]}
+    try:
+        out = mapper(item)
+    except BadDatasetItemError as e:
+        assert _image_file() in str(e)
+        valid = all(isinstance(s["id"], int) and not isinstance(s["id"], bool) and s["id"] > 0
+                    and isinstance(s["category_id"], int) and 0 <= s["category_id"] < NUM_CLASSES for s in segments)
+        assert shape != (H, W) or not valid, f"a valid item was refused: {e}"
+        CASES["panoptic mapper: named error"] += 1
+        return
+    # accepted: one instance per non-crowd segment whose id is in the PNG, with its class and its pixels
+    assert shape == (H, W)
+    expected = [(s["category_id"], ids == s["id"]) for s in segments
+                if not s.get("iscrowd", 0) and (ids == s["id"]).any()]
+    instances = out["instances"]
+    assert instances.gt_classes.tolist() == [c for c, _ in expected]
+    for got, (_, mask) in zip(instances.gt_masks.numpy(), expected):
+        assert np.array_equal(got, mask)
