@@ -35,8 +35,7 @@ _logged = set()
 
 
 def _log_once(impl, reason):
-    # Once per implementation: the layer resolves "auto" and then calls the op with the resolved name, which
-    # would otherwise log the same choice again with another reason.
+    # Once per implementation, whatever the reason: a model's layers all resolve the same choice.
     if impl not in _logged:
         _logged.add(impl)
         logger.info(f"multi-scale deformable attention: using the {impl} implementation ({reason})")
@@ -101,7 +100,13 @@ def ms_deform_attn(value, spatial_shapes, sampling_locations, attention_weights,
     Every implementation accumulates in float32 (float64 for float64 input) and returns value's dtype.
     ``level_shapes``: see :func:`ms_deform_attn_pytorch` (the kernels read the sizes from ``spatial_shapes``).
     """
-    impl = resolve_impl(impl, value)
+    return run_resolved(resolve_impl(impl, value), value, spatial_shapes, sampling_locations, attention_weights,
+                        level_shapes)
+
+
+def run_resolved(impl, value, spatial_shapes, sampling_locations, attention_weights, level_shapes=None):
+    """Run the implementation that :func:`resolve_impl` chose ("pytorch", "cpp" or "triton"), without checking
+    again (callers that resolve once per forward, like the attention layer)."""
     if impl == "cpp":
         from .ms_deform_attn_cpp import ms_deform_attn_cpp
 

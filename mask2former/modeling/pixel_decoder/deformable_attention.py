@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from ...ops.ms_deform_attn import ms_deform_attn, resolve_impl
+from ...ops.ms_deform_attn import resolve_impl, run_resolved
 
 
 class MSDeformAttn(nn.Module):
@@ -86,6 +86,6 @@ class MSDeformAttn(nn.Module):
         if impl == "pytorch":
             value = value.float()
         with torch.autocast(device_type=value.device.type, enabled=False):
-            output = ms_deform_attn(value, input_spatial_shapes, locations.float(), weights.float(), impl=impl,
-                                    level_shapes=level_shapes)
+            output = run_resolved(impl, value, input_spatial_shapes, locations.float(), weights.float(),
+                                  level_shapes)
         return self.output_proj(output.to(query.dtype))
