@@ -333,7 +333,7 @@ std::vector<at::Tensor> ms_deform_attn_backward(const at::Tensor& value, const a
   const int64_t chunks = slices >= threads ? 1 : std::min<int64_t>((threads + slices - 1) / slices, std::max<int64_t>(Lq, 1));
   // A task walks all queries of one head: with value in (N, M, S, D) its rows are contiguous in memory
   // instead of one in M of every token row, which halves the backward's time (docs/PERFORMANCE.md).
-  const auto value_t = value.permute({0, 2, 1, 3}).contiguous();
+  auto value_t = value.permute({0, 2, 1, 3}).contiguous();
   at::Tensor grad_value_t = at::zeros({chunks, N, M, S, D}, acc_opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, value.scalar_type(), "ms_deform_attn_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -361,6 +361,7 @@ std::vector<at::Tensor> ms_deform_attn_backward(const at::Tensor& value, const a
       }
     });
   });
+  value_t.reset();  // freed before the gradient is laid out as value: one copy less at the peak
   const auto grad_value = (chunks > 1 ? grad_value_t.sum(0) : grad_value_t[0]).permute({0, 2, 1, 3}).contiguous();
   return {grad_value, grad_loc, grad_attn};
 }
