@@ -19,24 +19,76 @@
 #include <ATen/OpMathType.h>
 
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
 namespace {
+
+// GCC and Clang vector extensions: 8 floats, one AVX2 register (two SSE/NEON registers elsewhere). Written
+// out because the compilers do not vectorise the channel loops behind the gathered row pointers by themselves.
+#if defined(__GNUC__) || defined(__clang__)
+#define M2F_VECTORS 1
+typedef float float8 __attribute__((vector_size(32)));
+typedef uint16_t ushort8 __attribute__((vector_size(16)));
+typedef uint32_t uint8v __attribute__((vector_size(32)));
+
+template <typename scalar_t>
+inline float8 load8(const scalar_t* p) {
+  float8 x;
+  if constexpr (std::is_same<scalar_t, float>::value) {
+    std::memcpy(&x, p, sizeof(x));
+  } else if constexpr (std::is_same<scalar_t, c10::BFloat16>::value) {
+    ushort8 bits;  // bfloat16 is the upper half of a float
+    std::memcpy(&bits, p, sizeof(bits));
+    const uint8v wide = __builtin_convertvector(bits, uint8v) << 16;
+    std::memcpy(&x, &wide, sizeof(x));
+  } else {
+    for (int i = 0; i < 8; ++i) x[i] = static_cast<float>(p[i]);
+  }
+  return x;
+}
+
+template <typename scalar_t>
+inline void store8(scalar_t* p, float8 x) {
+  if constexpr (std::is_same<scalar_t, float>::value) {
+    std::memcpy(p, &x, sizeof(x));
+  } else {
+    for (int i = 0; i < 8; ++i) p[i] = static_cast<scalar_t>(x[i]);
+  }
+}
+
+inline float hsum(float8 x) {
+  return ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]));
+}
+#endif
+
+// Whether the channel loops run on float8 vectors: float accumulation and a compile-time width of 8k.
+template <typename scalar_t, int64_t DC>
+constexpr bool use_vectors() {
+#ifdef M2F_VECTORS
+  return std::is_same<at::opmath_type<scalar_t>, float>::value && DC > 0 && DC % 8 == 0;
+#else
+  return false;
+#endif
+}
 
 // The 4 bilinear corners of every sampling point of one (query, head), computed in a first pass without
 // branches so that the second pass is a tight gather-multiply-add loop. Corners outside the map (and all
 // corners of a NaN location) get weight 0 and offset 0: reading row 0 with weight 0 adds nothing.
 template <typename acc_t>
 struct PointCorners {
-  std::vector<int64_t> offset;  // (L*P*4) element offsets of the corner rows from (n, token 0, m) of value
+  std::vector<int64_t> offset;  // (L*P*4) element offsets of the corner rows from token 0 of the (n, m) map
   std::vector<acc_t> weight;    // (L*P*4) bilinear weight of each corner (0 when outside)
   std::vector<acc_t> valid;     // (L*P*4) 1 for corners inside the map, else 0
   std::vector<acc_t> frac;      // (L*P*2) fractional parts (lx, ly) of the pixel coordinate
   explicit PointCorners(int64_t LP) : offset(LP * 4), weight(LP * 4), valid(LP * 4), frac(LP * 2) {}
 
+  // row: the element stride of one token; rows: where the corner rows start (prefetched, as the loop that
+  // reads them follows at once).
+  template <typename scalar_t>
   void compute(const acc_t* loc, const int64_t* shapes, const int64_t* starts, int64_t L, int64_t P,
-               int64_t row) {
+               int64_t row, const scalar_t* rows) {
     for (int64_t l = 0; l < L; ++l) {
       const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
       for (int64_t p = 0; p < P; ++p) {
@@ -55,6 +107,9 @@ struct PointCorners {
           offset[4 * i + k] = ok ? (starts[l] + yy * W + xx) * row : 0;
           weight[4 * i + k] = ok ? wy[k >> 1] * wx[k & 1] : acc_t(0);
           valid[4 * i + k] = ok ? acc_t(1) : acc_t(0);
+#if defined(__GNUC__) || defined(__clang__)
+          __builtin_prefetch(rows + offset[4 * i + k]);
+#endif
         }
       }
     }
@@ -80,9 +135,24 @@ void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t*
       const int64_t n = nq / Lq;
       for (int64_t m = 0; m < M; ++m) {
         const int64_t nqm = nq * M + m;
-        pc.compute(loc + nqm * LP * 2, shapes, starts, L, P, row);
-        const acc_t* attn_q = attn + nqm * LP;
         const scalar_t* v_nm = value + n * S * row + m * D;
+        pc.compute(loc + nqm * LP * 2, shapes, starts, L, P, row, v_nm);
+        const acc_t* attn_q = attn + nqm * LP;
+        scalar_t* o = out + nqm * D;
+#ifdef M2F_VECTORS
+        if constexpr (use_vectors<scalar_t, DC>()) {
+          constexpr int64_t NV = DC / 8;
+          float8 vacc[NV];  // a local array of constant size: kept in vector registers
+          for (int64_t j = 0; j < NV; ++j) vacc[j] = float8{};
+          for (int64_t c = 0; c < 4 * LP; ++c) {
+            const float wk = attn_q[c / 4] * pc.weight[c];
+            const scalar_t* v = v_nm + pc.offset[c];
+            for (int64_t j = 0; j < NV; ++j) vacc[j] += wk * load8(v + 8 * j);
+          }
+          for (int64_t j = 0; j < NV; ++j) store8(o + 8 * j, vacc[j]);
+          continue;
+        }
+#endif
         for (int64_t d = 0; d < Dk; ++d) acc[d] = 0;
         for (int64_t i = 0; i < LP; ++i) {
           const acc_t a = attn_q[i];
@@ -93,36 +163,40 @@ void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t*
             for (int64_t d = 0; d < Dk; ++d) acc[d] += wk * static_cast<acc_t>(v[d]);
           }
         }
-        scalar_t* o = out + nqm * D;
         for (int64_t d = 0; d < Dk; ++d) o[d] = static_cast<scalar_t>(acc[d]);
       }
     }
   });
 }
 
-// Gradients for batch n, head m, queries [q_begin, q_end). grad_value_nm points at (n, token 0, m) of a
-// buffer with the same strides as value; only this call writes the rows it touches.
+// Gradients for batch n, head m, queries [q_begin, q_end). v_nm and grad_value_nm point at the (S, D) maps
+// of (n, m) in value and in a gradient buffer, both with token stride `row`; only this call writes the rows
+// it touches.
 template <typename scalar_t, int64_t DC>
-void backward_range(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
+void backward_range(const scalar_t* v_nm, int64_t row, const int64_t* shapes, const int64_t* starts,
                     const at::opmath_type<scalar_t>* loc, const at::opmath_type<scalar_t>* attn,
                     const scalar_t* grad_out, at::opmath_type<scalar_t>* grad_value_nm,
                     at::opmath_type<scalar_t>* grad_loc, at::opmath_type<scalar_t>* grad_attn, int64_t n,
-                    int64_t m, int64_t q_begin, int64_t q_end, int64_t S, int64_t M, int64_t D, int64_t Lq,
-                    int64_t L, int64_t P) {
+                    int64_t m, int64_t q_begin, int64_t q_end, int64_t M, int64_t D, int64_t Lq, int64_t L,
+                    int64_t P) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t row = M * D;
   const int64_t LP = L * P;
   const int64_t Dk = DC > 0 ? DC : D;
   std::vector<acc_t> heap(DC > 0 ? 0 : D);
   acc_t stack[DC > 0 ? DC : 1];
   acc_t* g = DC > 0 ? stack : heap.data();
   PointCorners<acc_t> pc(LP);
-  const scalar_t* v_nm = value + n * S * row + m * D;
   for (int64_t q = q_begin; q < q_end; ++q) {
     const int64_t nqm = (n * Lq + q) * M + m;
     const scalar_t* go = grad_out + nqm * D;
     for (int64_t d = 0; d < Dk; ++d) g[d] = static_cast<acc_t>(go[d]);
-    pc.compute(loc + nqm * LP * 2, shapes, starts, L, P, row);
+#ifdef M2F_VECTORS
+    float8 gvec[use_vectors<scalar_t, DC>() ? DC / 8 : 1];
+    if constexpr (use_vectors<scalar_t, DC>()) {
+      for (int64_t j = 0; j < DC / 8; ++j) std::memcpy(&gvec[j], g + 8 * j, sizeof(float8));
+    }
+#endif
+    pc.compute(loc + nqm * LP * 2, shapes, starts, L, P, row, v_nm);
     const acc_t* attn_q = attn + nqm * LP;
     acc_t* gloc_q = grad_loc + nqm * LP * 2;
     acc_t* gattn_q = grad_attn + nqm * LP;
@@ -132,6 +206,22 @@ void backward_range(const scalar_t* value, const int64_t* shapes, const int64_t*
         const int64_t i = l * P + p;
         const acc_t a = attn_q[i];
         acc_t dot[4];  // <grad_out, corner value>, 0 for corners outside the map
+#ifdef M2F_VECTORS
+        if constexpr (use_vectors<scalar_t, DC>()) {
+          constexpr int64_t NV = DC / 8;
+          for (int k = 0; k < 4; ++k) {
+            const acc_t awk = a * pc.weight[4 * i + k];
+            const scalar_t* v = v_nm + pc.offset[4 * i + k];
+            acc_t* gv = grad_value_nm + pc.offset[4 * i + k];
+            float8 s = float8{};
+            for (int64_t j = 0; j < NV; ++j) {
+              s += gvec[j] * load8(v + 8 * j);
+              store8(gv + 8 * j, load8(gv + 8 * j) + awk * gvec[j]);
+            }
+            dot[k] = pc.valid[4 * i + k] * hsum(s);
+          }
+        } else
+#endif
         for (int k = 0; k < 4; ++k) {
           const acc_t wk = pc.weight[4 * i + k];
           const scalar_t* v = v_nm + pc.offset[4 * i + k];
@@ -163,6 +253,7 @@ void backward_range(const scalar_t* value, const int64_t* shapes, const int64_t*
 template <typename F>
 void with_channels(int64_t D, F&& f) {
   switch (D) {
+    case 8: f(std::integral_constant<int64_t, 8>()); break;
     case 16: f(std::integral_constant<int64_t, 16>()); break;
     case 32: f(std::integral_constant<int64_t, 32>()); break;
     case 64: f(std::integral_constant<int64_t, 64>()); break;
@@ -240,16 +331,19 @@ std::vector<at::Tensor> ms_deform_attn_backward(const at::Tensor& value, const a
   // Enough (batch, head) slices to keep every thread busy: each task owns whole slices of grad_value.
   // Otherwise split the queries into chunks, each with a private grad_value, summed at the end.
   const int64_t chunks = slices >= threads ? 1 : std::min<int64_t>((threads + slices - 1) / slices, std::max<int64_t>(Lq, 1));
-  at::Tensor grad_value = chunks == 1 ? at::zeros({N, S, M, D}, acc_opts) : at::zeros({chunks, N, S, M, D}, acc_opts);
+  // A task walks all queries of one head: with value in (N, M, S, D) its rows are contiguous in memory
+  // instead of one in M of every token row, which halves the backward's time (docs/PERFORMANCE.md).
+  auto value_t = value.permute({0, 2, 1, 3}).contiguous();
+  at::Tensor grad_value_t = at::zeros({chunks, N, M, S, D}, acc_opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, value.scalar_type(), "ms_deform_attn_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* v = value.data_ptr<scalar_t>();
+    const scalar_t* v = value_t.data_ptr<scalar_t>();
     const int64_t* shapes = spatial_shapes.data_ptr<int64_t>();
     const int64_t* starts = level_start.data_ptr<int64_t>();
     const acc_t* loc = sampling_locations.data_ptr<acc_t>();
     const acc_t* attn = attention_weights.data_ptr<acc_t>();
     const scalar_t* go = grad_out.data_ptr<scalar_t>();
-    acc_t* gv = grad_value.data_ptr<acc_t>();
+    acc_t* gv = grad_value_t.data_ptr<acc_t>();
     acc_t* gl = grad_loc.data_ptr<acc_t>();
     acc_t* ga = grad_attn.data_ptr<acc_t>();
     const int64_t slice_stride = N * S * M * D;  // one chunk's buffer
@@ -259,15 +353,16 @@ std::vector<at::Tensor> ms_deform_attn_backward(const at::Tensor& value, const a
         const int64_t chunk = t / slices, nm = t % slices, n = nm / M, m = nm % M;
         const int64_t q0 = chunk * per_chunk, q1 = std::min(Lq, q0 + per_chunk);
         if (q0 >= q1) continue;
-        acc_t* gv_nm = gv + chunk * slice_stride + n * S * M * D + m * D;
+        acc_t* gv_nm = gv + chunk * slice_stride + nm * S * D;
         with_channels(D, [&](auto dc) {
-          backward_range<scalar_t, decltype(dc)::value>(v, shapes, starts, loc, attn, go, gv_nm, gl, ga, n, m, q0,
-                                                        q1, S, M, D, Lq, L, P);
+          backward_range<scalar_t, decltype(dc)::value>(v + nm * S * D, D, shapes, starts, loc, attn, go, gv_nm, gl,
+                                                        ga, n, m, q0, q1, M, D, Lq, L, P);
         });
       }
     });
   });
-  if (chunks > 1) grad_value = grad_value.sum(0);
+  value_t.reset();  // freed before the gradient is laid out as value: one copy less at the peak
+  const auto grad_value = (chunks > 1 ? grad_value_t.sum(0) : grad_value_t[0]).permute({0, 2, 1, 3}).contiguous();
   return {grad_value, grad_loc, grad_attn};
 }
 
