@@ -633,3 +633,132 @@ def test_video_mapper_on_fuzzed_clips(item):
             ys, xs = np.nonzero(mask)
             box = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] if mask.any() else [0, 0, 0, 0]
             assert instances.gt_boxes.tensor[n].tolist() == [float(v) for v in box]
+
+
+# ------------------------------------------------------------------------------------------ COCO instance JSON
+def _coco_annotation(draw, ann_id, num_images):
+    return {"id": ann_id, "image_id": draw(st.integers(1, num_images)), "category_id": draw(st.sampled_from([1, 2, 5])),
+            "iscrowd": draw(st.sampled_from([0, 0, 0, 1])), "bbox": [1.0, 2.0, 3.0, 4.0], "area": 12.0,
+            "segmentation": draw(st.one_of(
+                st.lists(st.lists(st.floats(0, 30, allow_nan=False), min_size=2, max_size=10), max_size=2),
+                st.just({"size": [H, W], "counts": [H * W]}),
+                st.just({"size": [H, W], "counts": "Ph0"}), st.just([]), st.none()))}
+
+
+def _break(draw, data):
+    """Make one field of a COCO instance JSON wrong: missing, of another type, or pointing at nothing."""
+    if not data["annotations"]:  # something for the annotation flaws to change
+        data["annotations"].append(_coco_annotation(draw, 99, len(data["images"])))
+    anns, images, cats = data["annotations"], data["images"], data["categories"]
+    flaw = draw(st.sampled_from([
+        "top-level key", "top-level type", "image key", "image field type", "repeated image id",
+        "annotation key", "unknown image id", "unknown category id", "category id type", "repeated category id",
+        "repeated annotation id", "iscrowd", "bbox", "polygon type", "rle size", "rle counts", "segmentation type",
+        "category key", "annotation not an object", "keypoints"]))
+    if flaw == "top-level key":
+        data.pop(draw(st.sampled_from(["images", "categories"])))
+    elif flaw == "top-level type":
+        data[draw(st.sampled_from(["images", "annotations", "categories"]))] = draw(st.sampled_from([{}, 3, "x"]))
+    elif flaw == "image key":
+        images[0].pop(draw(st.sampled_from(["id", "file_name", "height", "width"])), None)
+    elif flaw == "image field type":
+        images[0][draw(st.sampled_from(["id", "file_name", "height", "width"]))] = draw(st.sampled_from([None, 1.5,
+                                                                                                         [1], -3]))
+    elif flaw == "repeated image id":
+        data["images"] = images + [dict(images[0], file_name="again.jpg")]
+    elif flaw == "annotation key":
+        anns[0].pop(draw(st.sampled_from(["id", "image_id", "category_id"])), None)
+    elif flaw == "unknown image id":
+        anns[0]["image_id"] = draw(st.sampled_from([0, 99, "1", None]))
+    elif flaw == "unknown category id":
+        anns[0]["category_id"] = draw(st.sampled_from([0, 3, -1, 99]))
+    elif flaw == "category id type":
+        anns[0]["category_id"] = draw(st.sampled_from(["1", 1.0, None, True, [1]]))
+    elif flaw == "repeated category id":
+        data["categories"] = cats + [dict(cats[0], name="twin")]
+    elif flaw == "repeated annotation id":
+        anns.append(dict(anns[0]))
+    elif flaw == "iscrowd":
+        anns[0]["iscrowd"] = draw(st.sampled_from(["0", 2, None, 0.5]))
+    elif flaw == "bbox":
+        anns[0]["bbox"] = draw(st.sampled_from([[], [1, 2, 3], "1 2 3 4", None, [1, 2, "3", 4]]))
+    elif flaw == "polygon type":
+        anns[0]["segmentation"] = draw(st.sampled_from([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [["1", 2, 3, 4, 5, 6]],
+                                                        [None]]))
+    elif flaw == "rle size":
+        anns[0]["segmentation"] = {"size": draw(st.sampled_from([None, [H], [H, "W"], [0, W]])), "counts": [H * W]}
+    elif flaw == "rle counts":
+        anns[0]["segmentation"] = {"size": [H, W], "counts": draw(st.sampled_from([None, 5, [-1, H * W], [1.5]]))}
+    elif flaw == "segmentation type":
+        anns[0]["segmentation"] = draw(st.sampled_from([5, "polygon", True]))
+    elif flaw == "category key":
+        cats[0].pop(draw(st.sampled_from(["id", "name"])))
+    elif flaw == "annotation not an object":
+        anns.append(draw(st.sampled_from([None, 3, "annotation"])))
+    else:
+        anns[0]["keypoints"] = draw(st.sampled_from([[1, 2], "1 2 2", [1, "2", 2]]))
+    return flaw
+
+
+@st.composite
+def coco_instance_json(draw):
+    num_images = draw(st.integers(1, 3))
+    data = {"images": [{"id": i, "file_name": f"{i}.jpg", "height": H, "width": W} for i in range(1, num_images + 1)],
+            "annotations": [_coco_annotation(draw, 100 + j, num_images) for j in range(draw(st.integers(0, 4)))],
+            "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 5, "name": "c"}]}
+    for ann in data["annotations"]:
+        if draw(st.integers(0, 4)) == 0:
+            ann["keypoints"] = [3, 4, 2, 5, 6, 1]
+    draw(st.permutations(data["images"]))  # order in the file is free
+    flaw = draw(st.sampled_from([None, None, None]) | st.just("flaw"))
+    if flaw:
+        flaw = _break(draw, data)
+    return data, flaw
+
+
+@FUZZ
+@given(coco_instance_json(), st.booleans())
+def test_coco_instance_json_reader_on_fuzzed_json(case, with_name):
+    from detectron2.data import MetadataCatalog
+    from detectron2.data.datasets import load_coco_json
+
+    from mask2former.data.datasets.coco_instances import load_coco_instance_json
+
+    data, flaw = case
+    CASES["COCO instance JSON"] += 1
+    json_file = os.path.join(WORK, "instances.json")
+    with open(json_file, "w") as f:
+        json.dump(data, f)
+    name = f"m2f_fuzz_coco_{CASES['COCO instance JSON']}" if with_name else None
+    try:
+        dicts = load_coco_instance_json(json_file, WORK, name)
+    except ValueError as e:
+        assert json_file in str(e), str(e)
+        assert flaw is not None, f"a well-formed JSON was refused: {e}"
+        CASES["COCO instance JSON: named error"] += 1
+        return
+    assert flaw is None, f"a JSON with a bad {flaw} was accepted"
+    # accepted: exactly what detectron2's reader gives (dicts and metadata)
+    reference = load_coco_json(json_file, WORK, f"{name}_d2" if with_name else None)
+    assert dicts == reference
+    if with_name:
+        for key in ("thing_classes", "thing_dataset_id_to_contiguous_id"):
+            assert MetadataCatalog.get(name).get(key) == MetadataCatalog.get(f"{name}_d2").get(key)
+
+
+def test_coco_instance_registrations_use_the_checked_reader(tmp_path):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from mask2former.data.datasets.coco_instances import load_coco_instance_json
+    from mask2former.data.datasets.register_folder import register_coco_instance_folder
+
+    for name in ("coco_2017_train", "coco_2017_val", "coco_2017_test", "keypoints_coco_2017_val"):  # detectron2's
+        loader, meta = DatasetCatalog[name], MetadataCatalog.get(name)
+        assert loader.func is load_coco_instance_json and loader.args == (meta.json_file, meta.image_root, name)
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "height": H, "width": W}],
+            "annotations": [{"id": 7, "image_id": 2, "category_id": 1, "segmentation": [], "bbox": [0, 0, 1, 1]}],
+            "categories": [{"id": 1, "name": "a"}]}
+    (tmp_path / "instances.json").write_text(json.dumps(data))
+    register_coco_instance_folder("m2f_fuzz_coco_folder", str(tmp_path), str(tmp_path / "instances.json"))
+    with pytest.raises(ValueError, match=r"instances.json': annotations\[0\] \(id 7\) image_id 2 is not in 'images'"):
+        DatasetCatalog.get("m2f_fuzz_coco_folder")  # detectron2's reader drops such annotations with a warning
