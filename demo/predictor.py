@@ -3,6 +3,7 @@
 ``VisualizationDemo(cfg, task)`` builds the model, loads ``cfg.MODEL.WEIGHTS`` (refusing missing or mismatched
 checkpoints) and offers ``run_on_image`` (BGR array -> predictions, RGB drawing) and ``run_on_video`` (a
 generator over the annotated frames of an open ``cv2.VideoCapture``, one frame in memory at a time).
+:func:`read_video_frames` reads a capture for both demos and reports a video that stops decoding half-way.
 """
 import logging
 import os
@@ -33,6 +34,40 @@ OUTPUT_KEY = {"panoptic": "panoptic_seg", "instance": "instances", "semantic": "
 
 class DemoError(Exception):
     """A problem the user must fix (config, checkpoint, input); the message says what and how."""
+
+
+class FrameDecodeError(DemoError):
+    """A video (or frame sequence) that stops decoding at frame ``index``; the frames before it decoded."""
+
+    def __init__(self, message: str, index: int):
+        super().__init__(message)
+        self.index = index
+
+
+def frames_processed(index: int) -> str:
+    """What was done with the ``index`` frames before the one that failed, for FrameDecodeError messages."""
+    return f"frames 0-{index - 1} were processed" if index > 0 else "no frame was processed"
+
+
+def read_video_frames(video: cv2.VideoCapture, name: str = "") -> Iterator[np.ndarray]:
+    """
+    Yield the BGR frames of an opened capture, one at a time. When it stops well before the frame count its
+    container states (a truncated or damaged file), raise :class:`FrameDecodeError` naming the frame, after
+    yielding every frame that decoded; ``name`` (the file) starts the message.
+    """
+    count = int(video.get(cv2.CAP_PROP_FRAME_COUNT)) if hasattr(video, "get") else 0
+    index = 0
+    while True:
+        ok, frame = video.read()
+        if not ok:
+            # A container's frame count can be an estimate off by a frame or two at the end; more missing
+            # frames mean the video stopped decoding (truncated or damaged file).
+            if count > 0 and index < count - max(2, count // 100):
+                raise FrameDecodeError(f"{name + ': ' if name else ''}frame {index} of {count} cannot be decoded "
+                                       f"(damaged or truncated video); {frames_processed(index)}", index)
+            return
+        yield frame
+        index += 1
 
 
 class _RecordingCheckpointer(MaskFormerCheckpointer):
@@ -241,20 +276,10 @@ class VisualizationDemo:
         return predictions, self.draw(image, predictions)
 
     def run_on_video(self, video: cv2.VideoCapture) -> Iterator[np.ndarray]:
-        """Yield the annotated BGR frames of an opened capture, reading one frame at a time."""
+        """Yield the annotated BGR frames of an opened capture, reading one frame at a time; a video that stops
+        decoding raises :class:`FrameDecodeError` after its decoded frames (:func:`read_video_frames`)."""
         visualizer = VideoVisualizer(self.metadata, ColorMode.IMAGE)
-        count = int(video.get(cv2.CAP_PROP_FRAME_COUNT)) if hasattr(video, "get") else 0
-        index = 0
-        while True:
-            ok, frame = video.read()
-            if not ok:
-                # A container's frame count can be an estimate off by a frame or two at the end; more missing
-                # frames mean the video stopped decoding (truncated or damaged file).
-                if count > 0 and index < count - max(2, count // 100):
-                    raise DemoError(f"frame {index} of {count} cannot be decoded (damaged or truncated video); "
-                                    f"frames 0-{index - 1} were processed")
-                return
+        for frame in read_video_frames(video):
             frame = self.limit_size(frame)
             drawing = self.draw(frame, self.predict(frame), visualizer)
-            index += 1
             yield np.ascontiguousarray(drawing[:, :, ::-1])

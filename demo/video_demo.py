@@ -14,10 +14,13 @@ and one "class score" label over the whole video. --output is a video file (.mp4
 YouTube-VIS results format (video_id 0; per frame a COCO RLE or null).
 
 ``run_video_demo(cfg, input, output, ...)`` does the same from Python (e.g. for demo/demo.py).
+A video that stops decoding half-way (truncated or damaged file, unreadable frame file) is written up to the
+frame before, and the error names the frame.
 Exit status: 0 on success, 2 for errors the user must fix (config, checkpoint, input frames, output).
 """
 import argparse
 import glob
+import itertools
 import json
 import logging
 import os
@@ -41,7 +44,14 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
 from mask2former.evaluation.ytvis_evaluation import video_output_to_results  # noqa: E402
 
-from demo.predictor import DemoError, display_metadata, load_weights  # noqa: E402
+from demo.predictor import (  # noqa: E402
+    DemoError,
+    FrameDecodeError,
+    display_metadata,
+    frames_processed,
+    load_weights,
+    read_video_frames,
+)
 
 logger = logging.getLogger("demo.video")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -69,7 +79,8 @@ def frame_files(source: str) -> Optional[List[str]]:
 
 def read_frames(source: str) -> Iterator[Tuple[str, np.ndarray]]:
     """Yield (name, BGR uint8 frame) of a video file, a folder of frames or a glob, checking that every frame
-    can be read and has the first frame's size. Raises DemoError naming the file otherwise."""
+    has the first frame's size (else DemoError naming the file). A frame that cannot be decoded raises
+    :class:`FrameDecodeError` naming it, after the frames before it."""
     files = frame_files(source)
     size, count = None, 0
     if files is None:
@@ -77,21 +88,17 @@ def read_frames(source: str) -> Iterator[Tuple[str, np.ndarray]]:
         if not video.isOpened():
             raise DemoError(f"cannot open the video {source}")
         try:
-            while True:
-                ok, frame = video.read()
-                if not ok:
-                    break
+            for frame in read_video_frames(video, source):
                 yield f"{source} frame {count}", frame
                 count += 1
         finally:
             video.release()
     else:
         for path in files:
-            if not os.path.isfile(path):
-                raise DemoError(f"the frame file {path} does not exist")
-            frame = cv2.imread(path, cv2.IMREAD_COLOR)
+            frame = cv2.imread(path, cv2.IMREAD_COLOR) if os.path.isfile(path) else None
             if frame is None:
-                raise DemoError(f"the frame file {path} cannot be read as an image")
+                raise FrameDecodeError(f"the frame file {path} (frame {count} of {len(files)}) does not exist or "
+                                       f"cannot be read as an image; {frames_processed(count)}", count)
             if size is not None and frame.shape[:2] != size:
                 raise DemoError(f"the frame file {path} is {frame.shape[1]}x{frame.shape[0]} (width x height) but "
                                 f"the video's first frame is {size[1]}x{size[0]}: all frames must have one size")
@@ -116,15 +123,22 @@ def setup_cfg(config_file: str, opts: List[str]):
     return cfg
 
 
-def segment_video(model, cfg, source: str, clip_length: int, clip_overlap: int) -> dict:
-    """VideoMaskFormer.segment_long_video over the frames of ``source`` (resized as at test time)."""
+def segment_video(model, cfg, source: str, clip_length: int, clip_overlap: int,
+                  stopped: Optional[List[FrameDecodeError]] = None) -> dict:
+    """VideoMaskFormer.segment_long_video over the frames of ``source`` (resized as at test time). With
+    ``stopped`` (a list), a frame that cannot be decoded ends the video there and its error is appended."""
     resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")
 
     def frames():  # read_frames checks that every frame has the first frame's size
-        for _, bgr in read_frames(source):
-            image = bgr[:, :, ::-1] if cfg.INPUT.FORMAT == "RGB" else bgr
-            image = resize.get_transform(image).apply_image(image)
-            yield torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        try:
+            for _, bgr in read_frames(source):
+                image = bgr[:, :, ::-1] if cfg.INPUT.FORMAT == "RGB" else bgr
+                image = resize.get_transform(image).apply_image(image)
+                yield torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        except FrameDecodeError as e:
+            if stopped is None:
+                raise
+            stopped.append(e)
 
     # the output size is the input frames' size: peek at the first frame
     _, frame0 = next(iter(read_frames(source)))
@@ -133,7 +147,8 @@ def segment_video(model, cfg, source: str, clip_length: int, clip_overlap: int) 
 
 
 def draw_video(source: str, result: dict, metadata, output: str, threshold: float, fps: float) -> int:
-    """Write the frames of ``source`` with the instances scoring >= ``threshold``; returns the frame count."""
+    """Write the ``result["length"]`` frames of ``source`` that were segmented, with the instances scoring
+    >= ``threshold``; returns the frame count."""
     keep = [i for i, s in enumerate(result["pred_scores"]) if s >= threshold]
     palette = np.random.default_rng(0).uniform(0.2, 1.0, (max(len(keep), 1), 3))
     ext = os.path.splitext(output)[1].lower()
@@ -146,39 +161,49 @@ def draw_video(source: str, result: dict, metadata, output: str, threshold: floa
     else:
         os.makedirs(output, exist_ok=True)
     count = 0
-    for t, (_, bgr) in enumerate(read_frames(source)):
-        vis = Visualizer(bgr[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
-        masks, labels, colors = [], [], []
-        for j, i in enumerate(keep):
-            rle = result["pred_rles"][i][t]
-            if rle is None:
-                continue
-            masks.append(mask_util.decode(rle).astype(bool))
-            name = metadata.thing_classes[result["pred_labels"][i]]
-            labels.append(f"{name} {result['pred_scores'][i]:.2f}")
-            colors.append(palette[j])
-        drawn = vis.overlay_instances(masks=masks or None, labels=labels or None,
-                                      assigned_colors=colors or None).get_image()[:, :, ::-1]
-        if ext:
-            if writer is None:
-                writer = cv2.VideoWriter(output, cv2.VideoWriter_fourcc(*VIDEO_FOURCC[ext]), fps,
-                                         (drawn.shape[1], drawn.shape[0]))
-                if not writer.isOpened():
-                    raise DemoError(f"cannot write the video {output} (OpenCV has no {VIDEO_FOURCC[ext]} encoder?)")
-            writer.write(np.ascontiguousarray(drawn))
-        elif not cv2.imwrite(os.path.join(output, f"{t:05d}.png"), drawn):
-            raise DemoError(f"cannot write {os.path.join(output, f'{t:05d}.png')}")
-        count += 1
-    if writer is not None:
-        writer.release()
+    try:
+        for t, (_, bgr) in enumerate(itertools.islice(read_frames(source), result["length"])):
+            drawn = _draw_frame(bgr, t, result, keep, palette, metadata)
+            if ext:
+                if writer is None:
+                    writer = cv2.VideoWriter(output, cv2.VideoWriter_fourcc(*VIDEO_FOURCC[ext]), fps,
+                                             (drawn.shape[1], drawn.shape[0]))
+                    if not writer.isOpened():
+                        raise DemoError(f"cannot write the video {output} (OpenCV has no {VIDEO_FOURCC[ext]} "
+                                        "encoder?)")
+                writer.write(np.ascontiguousarray(drawn))
+            elif not cv2.imwrite(os.path.join(output, f"{t:05d}.png"), drawn):
+                raise DemoError(f"cannot write {os.path.join(output, f'{t:05d}.png')}")
+            count += 1
+    finally:
+        if writer is not None:
+            writer.release()
     return count
+
+
+def _draw_frame(bgr: np.ndarray, t: int, result: dict, keep: List[int], palette: np.ndarray, metadata) -> np.ndarray:
+    """Frame ``t`` (BGR) with the masks and labels of the instances ``keep``; BGR."""
+    vis = Visualizer(bgr[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
+    masks, labels, colors = [], [], []
+    for j, i in enumerate(keep):
+        rle = result["pred_rles"][i][t]
+        if rle is None:
+            continue
+        masks.append(mask_util.decode(rle).astype(bool))
+        name = metadata.thing_classes[result["pred_labels"][i]]
+        labels.append(f"{name} {result['pred_scores'][i]:.2f}")
+        colors.append(palette[j])
+    return vis.overlay_instances(masks=masks or None, labels=labels or None,
+                                 assigned_colors=colors or None).get_image()[:, :, ::-1]
 
 
 def run_video_demo(cfg, source: str, output: str, *, confidence_threshold: float = 0.5,
                    clip_length: Optional[int] = None, clip_overlap: Optional[int] = None,
                    save_json: Optional[str] = None, fps: Optional[float] = None) -> dict:
     """Segment the video ``source`` with the model of ``cfg`` and write the annotated video to ``output``.
-    Returns the segmentation (``VideoMaskFormer.segment_long_video``'s dict)."""
+    Returns the segmentation (``VideoMaskFormer.segment_long_video``'s dict). A video that stops decoding
+    half-way is segmented, drawn and saved up to the frame before, then :class:`FrameDecodeError` names
+    the frame."""
     if cfg.MODEL.META_ARCHITECTURE != "VideoMaskFormer":
         raise DemoError(f"the config's MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE!r}: this demo needs a "
                         "video model (VideoMaskFormer); use demo/demo.py for image models")
@@ -190,7 +215,8 @@ def run_video_demo(cfg, source: str, output: str, *, confidence_threshold: float
     if not 1 <= clip_overlap < clip_length:
         raise DemoError(f"--clip-overlap must be in [1, --clip-length - 1], got {clip_overlap} with clip length "
                         f"{clip_length}")
-    result = segment_video(model, cfg, source, clip_length, clip_overlap)
+    stopped: List[FrameDecodeError] = []
+    result = segment_video(model, cfg, source, clip_length, clip_overlap, stopped)
     names = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
     metadata = display_metadata(MetadataCatalog.get(names[0]) if names else None, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
     if fps is None:
@@ -208,6 +234,8 @@ def run_video_demo(cfg, source: str, output: str, *, confidence_threshold: float
         inverse = {v: k for k, v in id_map.items()} if id_map else None
         with open(save_json, "w") as f:
             json.dump(video_output_to_results(0, result, inverse), f)
+    if stopped:
+        raise stopped[0]
     return result
 
 

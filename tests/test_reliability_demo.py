@@ -1,7 +1,9 @@
 """The demo and the predictor on odd pictures (grayscale, RGBA, 16-bit, 1x1, EXIF-rotated, 10000 px wide), very
 large inputs (shrunk to --max-size first, which bounds memory) and a video that stops decoding half-way (the
-frames before are written, the error names the frame)."""
+frames before are written, the error names the frame), in the image model's demo and the video model's."""
 import io
+import json
+import os
 
 import cv2
 import numpy as np
@@ -73,19 +75,25 @@ def _write_avi(path, n, size=(80, 64)):
     writer.release()
 
 
-def test_a_video_that_stops_decoding_keeps_the_frames_so_far_and_names_the_frame(checkpoint, tmp_path,  # noqa: F811
-                                                                                  caplog):
-    src = tmp_path / "clip.avi"
-    _write_avi(src, 12)
-    data = src.read_bytes()
-    src.write_bytes(data[: len(data) // 2])  # the container still says 12 frames
-    capture = cv2.VideoCapture(str(src))
+def _truncated_avi(path, n):
+    """A video whose container says ``n`` frames but whose second half is cut off; returns the frames that decode."""
+    _write_avi(path, n)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    capture = cv2.VideoCapture(str(path))
     count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     decodable = 0
     while capture.read()[0]:
         decodable += 1
     capture.release()
-    assert count == 12 and 0 < decodable < 10
+    assert count == n and 0 < decodable < n - 2
+    return decodable
+
+
+def test_a_video_that_stops_decoding_keeps_the_frames_so_far_and_names_the_frame(checkpoint, tmp_path,  # noqa: F811
+                                                                                  caplog):
+    src = tmp_path / "clip.avi"
+    decodable = _truncated_avi(src, 12)
     out = tmp_path / "out.avi"
     assert demo_cli.main(["--video-input", str(src), "--output", str(out), *opts(checkpoint)]) == 2  # DemoError
     assert f"frame {decodable} of 12 cannot be decoded" in messages(caplog)
@@ -98,3 +106,58 @@ def test_a_complete_video_is_not_reported(checkpoint, tmp_path, caplog):  # noqa
     _write_avi(src, 6)
     assert demo_cli.main(["--video-input", str(src), "--output", str(tmp_path / "o.avi"), *opts(checkpoint)]) == 0
     assert "cannot be decoded" not in messages(caplog)
+
+
+@pytest.fixture(scope="module")
+def video_config(tmp_path_factory):
+    """A config file of a tiny VideoMaskFormer with (random) weights."""
+    import torch
+    from detectron2.modeling import build_model
+
+    from video_testing import tiny_video_cfg
+
+    folder = tmp_path_factory.mktemp("video_model")
+    torch.manual_seed(0)
+    torch.save({"model": build_model(tiny_video_cfg()).state_dict()}, folder / "model.pth")
+    (folder / "cfg.yaml").write_text(tiny_video_cfg("MODEL.WEIGHTS", str(folder / "model.pth"),
+                                                    "INPUT.MIN_SIZE_TEST", 32).dump())
+    return str(folder / "cfg.yaml")
+
+
+def _video_demo(config, src, out, *extra):
+    from demo.video_demo import main as video_demo
+
+    return video_demo(["--config-file", config, "--input", str(src), "--output", str(out), "--confidence-threshold",
+                       "0", "--clip-length", "4", "--clip-overlap", "2", *extra])
+
+
+def test_the_video_model_demo_on_a_video_that_stops_decoding(video_config, tmp_path, caplog):
+    src = tmp_path / "clip.avi"
+    decodable = _truncated_avi(src, 12)
+    out = tmp_path / "out.avi"
+    assert _video_demo(video_config, src, out, "--save-json", str(tmp_path / "results.json")) == 2
+    assert f"{src}: frame {decodable} of 12 cannot be decoded" in messages(caplog)
+    assert f"frames 0-{decodable - 1} were processed" in messages(caplog)
+    frames, _ = read_video(out)
+    assert len(frames) == decodable  # everything before the damage is drawn
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results and all(len(r["segmentations"]) == decodable for r in results)
+
+
+def test_the_video_model_demo_on_frames_of_which_one_cannot_be_read(video_config, tmp_path, caplog):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for t in range(6):
+        cv2.imwrite(str(frames / f"{t:05d}.jpg"), np.random.default_rng(t).integers(0, 256, (40, 56, 3), np.uint8))
+    (frames / "00004.jpg").write_bytes(b"not a picture")
+    assert _video_demo(video_config, frames, tmp_path / "pngs") == 2
+    assert f"{frames / '00004.jpg'} (frame 4 of 6) does not exist or cannot be read" in messages(caplog)
+    assert sorted(os.listdir(tmp_path / "pngs")) == [f"{t:05d}.png" for t in range(4)]
+
+
+def test_the_video_model_demo_on_a_complete_video_is_not_reported(video_config, tmp_path, caplog):
+    src = tmp_path / "clip.avi"
+    _write_avi(src, 6)
+    assert _video_demo(video_config, src, tmp_path / "out.avi") == 0, messages(caplog)
+    assert "cannot be decoded" not in messages(caplog)
+    assert len(read_video(tmp_path / "out.avi")[0]) == 6

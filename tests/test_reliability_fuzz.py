@@ -108,10 +108,10 @@ fuzzed_annotation = st.fixed_dictionaries(
         "segmentation": segmentation(),
         "bbox": st.lists(st.one_of(st.floats(-1e6, 1e6), st.just(math.nan)), min_size=0, max_size=5),
         "bbox_mode": st.just(1),
-        "iscrowd": st.sampled_from([0, 0, 0, 1]),
+        "iscrowd": st.sampled_from([0, 0, 0, 1, True, "0", None, 2]),
     }
 )
-annotation = st.one_of(valid_annotation, valid_annotation, fuzzed_annotation)
+annotation = st.one_of(valid_annotation, valid_annotation, fuzzed_annotation, st.sampled_from([None, "a", 3]))
 
 
 def _expected_mask(segm):
@@ -135,7 +135,9 @@ def test_instance_mapper_on_fuzzed_annotations(annotations):
         assert _image_file() in str(e)
         CASES["instance mapper: named error"] += 1
         return
-    # accepted: one output instance per non-crowd annotation with a non-empty mask, same class, same mask
+    # accepted: dicts with iscrowd 0 / 1 only (a truthy "0" must not drop an instance as a crowd region), and one
+    # output instance per non-crowd annotation with a non-empty mask, same class, same mask
+    assert all(isinstance(a, dict) and a["iscrowd"] in (0, 1) for a in annotations)
     expected = []
     for a in annotations:
         if a["iscrowd"]:
@@ -297,33 +299,68 @@ def test_ytvis_json_reader_on_fuzzed_json(data):
 # ------------------------------------------------------------------------------------------ semantic mapper
 label_value = st.one_of(st.integers(0, NUM_CLASSES - 1), st.integers(0, NUM_CLASSES - 1), st.just(255),
                         st.integers(NUM_CLASSES, 254))
+# PIL modes of label files: one class id per pixel (8-bit, palette indices, 16- and 32-bit integers, 1-bit), or
+# kinds that hold no class ids (float, several channels)
+LABEL_MODES = ["L", "L", "L", "P", "I;16", "I", "1", "F", "LA", "RGB"]
+INTEGER_LABEL_MODES = ("L", "P", "I;16", "I", "1")
+
+
+def _label_image(label, mode, wide_value):
+    """``label`` (H, W) uint8 ids as a PIL image of ``mode``; 16/32-bit maps may hold ``wide_value`` too."""
+    if mode in ("I;16", "I"):
+        wide = label.astype(np.int32)
+        if wide_value is not None:
+            wide[0, 0] = wide_value
+        return Image.fromarray(wide.astype(np.uint16)) if mode == "I;16" else Image.fromarray(wide, "I")
+    if mode == "1":
+        return Image.fromarray(label != 0)
+    if mode == "F":
+        return Image.fromarray(label.astype(np.float32))
+    if mode == "LA":
+        return Image.fromarray(np.dstack([label, label]), "LA")
+    if mode == "RGB":
+        return Image.fromarray(np.dstack([label] * 3))
+    return Image.fromarray(label).convert(mode) if mode == "P" else Image.fromarray(label)
 
 
 @FUZZ
 @given(values=st.lists(label_value, min_size=1, max_size=4), seed=st.integers(0, 2**16),
-       shape=st.sampled_from([(H, W), (H, W), (H, W), (W, H), (H + 1, W), (1, 1)]))
-def test_semantic_mapper_on_fuzzed_label_maps(values, seed, shape):
+       shape=st.sampled_from([(H, W)] * 5 + [(W, H), (H + 1, W), (1, 1)]), mode=st.sampled_from(LABEL_MODES),
+       wide_value=st.sampled_from([None, None, None, 300, 65535, -1, 2**24 + 1]),
+       cut=st.sampled_from([None] * 6 + [0.5, 0.0]))
+def test_semantic_mapper_on_fuzzed_label_maps(values, seed, shape, mode, wide_value, cut):
     CASES["semantic mapper"] += 1
     label = np.asarray(values, dtype=np.uint8)[np.random.default_rng(seed).integers(0, len(values), shape)]
-    path = os.path.join(WORK, f"label_{seed}_{shape[0]}x{shape[1]}.png")
-    Image.fromarray(label).save(path)
+    if mode == "I;16" and wide_value is not None and wide_value < 0:
+        wide_value = None  # no negative 16-bit values
+    image = _label_image(label, mode, wide_value)
+    path = os.path.join(WORK, f"label_{seed}_{shape[0]}x{shape[1]}.{'png' if mode not in ('I', 'F') else 'tif'}")
+    image.save(path)
+    if cut is not None:
+        with open(path, "rb") as f:
+            data = f.read()
+        with open(path, "wb") as f:
+            f.write(data[: int(len(data) * cut)])
+    expected = np.asarray(image).astype(np.int64) if mode in INTEGER_LABEL_MODES else None
     mapper = build_dataset_mapper(make_cfg("mask_former_semantic", **{"MIN_SIZE_TRAIN": (H,)}), is_train=True)
     item = {"file_name": _image_file(), "height": H, "width": W, "sem_seg_file_name": path}
     try:
         out = mapper(item)
     except BadDatasetItemError as e:
-        assert path in str(e) or _image_file() in str(e)
-        invalid = any(NUM_CLASSES <= v < 255 for v in np.unique(label))
-        assert shape != (H, W) or invalid, f"a valid {shape} label map was refused: {e}"
+        assert path in str(e), str(e)
+        valid = (cut is None and expected is not None and shape == (H, W)
+                 and all(v < NUM_CLASSES or v == 255 for v in np.unique(expected)))
+        assert not valid, f"a valid {mode} {shape} label map was refused: {e}"
         CASES["semantic mapper: named error"] += 1
         return
-    # accepted: the label map as written, one instance per class present (ignore excluded)
-    assert shape == (H, W)
-    assert np.array_equal(out["sem_seg"].numpy(), label)
-    present = [int(v) for v in np.unique(label) if v != 255]
+    # accepted: an integer label map as written, one instance per class present (ignore excluded)
+    assert cut is None and expected is not None and shape == (H, W), f"accepted a {mode} {shape} label map"
+    assert np.array_equal(out["sem_seg"].numpy(), expected)
+    present = [int(v) for v in np.unique(expected) if v != 255]
+    assert all(0 <= c < NUM_CLASSES for c in present)
     assert out["instances"].gt_classes.tolist() == present
     for c, mask in zip(present, out["instances"].gt_masks.numpy()):
-        assert np.array_equal(mask, label == c)
+        assert np.array_equal(mask, expected == c)
 
 
 # ------------------------------------------------------------------------------------------ SAM mask reader
@@ -391,7 +428,9 @@ def test_sam_mask_reader_on_fuzzed_records(segmentations, skip_bad):
 # mostly valid values (one bad value in 8), so that accepted items are common too
 segment_id = st.one_of(*[st.integers(1, 4)] * 7, st.sampled_from([0, -3, True, "2"]))
 category = st.one_of(*[st.integers(0, NUM_CLASSES - 1)] * 7, st.sampled_from([NUM_CLASSES, -1, None]))
-segment = st.fixed_dictionaries({"id": segment_id, "category_id": category}, optional={"iscrowd": st.sampled_from([0, 1])})
+segment = st.one_of(*[st.fixed_dictionaries({"id": segment_id, "category_id": category},
+                                             optional={"iscrowd": st.sampled_from([0, 1] * 7 + ["0", None])})] * 15,
+                    st.sampled_from([None, "segment"]))
 
 
 @functools.lru_cache(maxsize=None)
@@ -410,21 +449,316 @@ def test_panoptic_mapper_on_fuzzed_segments(segments, seed, shape):
     Image.fromarray(rgb).save(path)
     mapper = _panoptic_mapper()
     item = {"file_name": _image_file(), "height": H, "width": W, "pan_seg_file_name": path,
-            "segments_info": [dict(s) for s in segments]}
+            "segments_info": [dict(s) if isinstance(s, dict) else s for s in segments]}
     try:
         out = mapper(item)
     except BadDatasetItemError as e:
         assert _image_file() in str(e)
-        valid = all(isinstance(s["id"], int) and not isinstance(s["id"], bool) and s["id"] > 0
-                    and isinstance(s["category_id"], int) and 0 <= s["category_id"] < NUM_CLASSES for s in segments)
+        valid = all(isinstance(s, dict) and isinstance(s["id"], int) and not isinstance(s["id"], bool) and s["id"] > 0
+                    and isinstance(s["category_id"], int) and 0 <= s["category_id"] < NUM_CLASSES
+                    and s.get("iscrowd", 0) in (0, 1) for s in segments)
         assert shape != (H, W) or not valid, f"a valid item was refused: {e}"
         CASES["panoptic mapper: named error"] += 1
         return
     # accepted: one instance per non-crowd segment whose id is in the PNG, with its class and its pixels
-    assert shape == (H, W)
+    assert shape == (H, W) and all(isinstance(s, dict) and s.get("iscrowd", 0) in (0, 1) for s in segments)
     expected = [(s["category_id"], ids == s["id"]) for s in segments
                 if not s.get("iscrowd", 0) and (ids == s["id"]).any()]
     instances = out["instances"]
     assert instances.gt_classes.tolist() == [c for c, _ in expected]
     for got, (_, mask) in zip(instances.gt_masks.numpy(), expected):
         assert np.array_equal(got, mask)
+
+
+# ------------------------------------------------------------------------------------------ video (YouTube-VIS) mapper
+FRAMES = 3  # frames per video; the training clip takes all of them, in order
+
+
+@functools.lru_cache(maxsize=None)
+def _video_mapper():
+    from video_testing import tiny_video_cfg
+
+    cfg = tiny_video_cfg("INPUT.DATASET_MAPPER_NAME", "ytvis", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", NUM_CLASSES,
+                         "INPUT.SAMPLING_FRAME_NUM", FRAMES, "INPUT.SAMPLING_FRAME_RANGE", 20,
+                         "INPUT.MIN_SIZE_TRAIN", f"({H},)", "INPUT.MAX_SIZE_TRAIN", 1000,
+                         "INPUT.MIN_SIZE_TRAIN_SAMPLING", "choice_by_clip", "INPUT.RANDOM_FLIP", "none",
+                         "INPUT.CROP.ENABLED", False)
+    return build_dataset_mapper(cfg, is_train=True)
+
+
+@st.composite
+def frame_object(draw, inst_id, class_of):
+    """One frame's annotation of instance ``inst_id``: valid (class ``class_of[inst_id]``) five times in six,
+    else with one field made wrong, missing or junk (bboxes are anywhere, NaN included: the mapper ignores them)."""
+    obj = {"id": inst_id, "category_id": class_of[inst_id], "iscrowd": draw(st.sampled_from([0, 0, 0, 0, 0, 1])),
+           "segmentation": draw(valid_segmentation()), "bbox_mode": 1,
+           "bbox": draw(st.lists(st.one_of(st.floats(-1e4, 1e4), st.just(math.nan)), min_size=4, max_size=4))}
+    if draw(st.integers(0, 5)):
+        return obj
+    flaw = draw(st.sampled_from(["id", "category_id", "iscrowd", "segmentation", "missing key", "junk"]))
+    if flaw == "id":
+        obj["id"] = draw(st.sampled_from([None, str(inst_id), [inst_id], True, float(inst_id)]))
+    elif flaw == "category_id":
+        obj["category_id"] = draw(st.sampled_from([NUM_CLASSES, -1, None, 1.5, True, "1",
+                                                   (class_of[inst_id] + 1) % NUM_CLASSES]))
+    elif flaw == "iscrowd":
+        obj["iscrowd"] = draw(st.sampled_from(["0", None, 2, -1, 0.5]))
+    elif flaw == "segmentation":
+        obj["segmentation"] = draw(segmentation())
+    elif flaw == "missing key":
+        obj.pop(draw(st.sampled_from(["id", "category_id", "segmentation"])))
+    else:
+        return draw(st.sampled_from([None, "object", 3, [obj]]))
+    return obj
+
+
+@st.composite
+def video_item(draw):
+    """A 3-frame video dict as the YouTube-VIS loader gives, with instances 1..4 in some frames, often with a
+    flaw: an annotation's field (see frame_object), a missing frame file or one of another size, an instance
+    twice in a frame, fewer per-frame lists than frames, or a frame's list that is not a list."""
+    class_of = dict(enumerate(draw(st.lists(st.integers(0, NUM_CLASSES - 1), min_size=4, max_size=4)), start=1))
+    frames = [[draw(frame_object(i, class_of)) for i in sorted(draw(st.sets(st.integers(1, 4), max_size=3)))]
+              for _ in range(FRAMES)]
+    files = [_image_file() for _ in range(FRAMES)]
+    t = draw(st.integers(0, FRAMES - 1))
+    flaw = draw(st.sampled_from(["none"] * 6 + ["missing frame", "frame of another size", "instance twice",
+                                                "fewer frame lists", "frame list not a list"]))
+    if flaw == "missing frame":
+        files[t] = os.path.join(WORK, "no_such_frame.jpg")
+    elif flaw == "frame of another size":
+        files[t] = _image_file(H + 2, W)
+    elif flaw == "instance twice":
+        frames[t] = frames[t] + [dict(o) for o in frames[t][:1] if isinstance(o, dict)]
+    elif flaw == "fewer frame lists":
+        frames = frames[:t]
+    elif flaw == "frame list not a list":
+        frames[t] = draw(st.sampled_from([None, {"id": 1}, 7]))
+    return {"file_names": files, "height": H, "width": W, "length": FRAMES, "video_id": 5, "annotations": frames}
+
+
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _video_problem(item):
+    """None if the mapper must accept ``item``, else what is wrong with it (for the message)."""
+    if any(not os.path.exists(f) for f in item["file_names"]) or _image_file(H + 2, W) in item["file_names"]:
+        return "a frame file"
+    frames = item["annotations"]
+    if len(frames) != FRAMES or not all(isinstance(f, list) for f in frames):
+        return "the per-frame lists"
+    classes = {}
+    for frame in frames:
+        seen = set()
+        for obj in frame:
+            if not isinstance(obj, dict) or obj.get("iscrowd", 0) not in (0, 1):
+                return "an object or its iscrowd"
+            if obj.get("iscrowd", 0):
+                continue
+            if not _is_int(obj.get("id")) or obj["id"] in seen:
+                return "an instance id"
+            seen.add(obj["id"])
+            if not _is_int(obj.get("category_id")) or not 0 <= obj["category_id"] < NUM_CLASSES:
+                return "a category_id"
+            if classes.setdefault(obj["id"], obj["category_id"]) != obj["category_id"]:
+                return "a category_id that changes"
+            if "segmentation" not in obj or not _segmentation_is_valid(obj["segmentation"]):
+                return "a segmentation"
+    return None
+
+
+def _rle_string_runs(counts: bytes):
+    """The run lengths of a COCO compressed RLE string (pycocotools' rleToString format: each value in 5-bit
+    groups, least significant first, offset by 48, bit 0x20 = more groups follow, sign bit 0x10 in the last
+    group; from the fourth value on, the value two before is added). None if it is not such a string."""
+    runs, groups = [], []
+    for byte in counts:
+        c = byte - 48
+        if not 0 <= c < 64:
+            return None
+        groups.append(c)
+        if c & 0x20:
+            continue
+        value = sum((g & 0x1F) << (5 * k) for k, g in enumerate(groups))
+        if c & 0x10:
+            value -= 1 << (5 * len(groups))
+        runs.append(value + (runs[-2] if len(runs) > 2 else 0))
+        groups = []
+    return None if groups else runs
+
+
+def _segmentation_is_valid(segm):
+    """Polygons of >= 3 finite points, or an RLE of the image's size whose runs are >= 0 and cover it."""
+    if isinstance(segm, list):
+        return bool(segm) and all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
+                                  and all(math.isfinite(v) for v in p) for p in segm)
+    if not isinstance(segm, dict) or segm.get("size") != [H, W] or "counts" not in segm:
+        return False
+    counts = segm["counts"]
+    if isinstance(counts, str):
+        if not counts.isascii():
+            return False
+        counts = _rle_string_runs(counts.encode("ascii"))
+    elif isinstance(counts, bytes):
+        counts = _rle_string_runs(counts)
+    return (isinstance(counts, list) and all(_is_int(c) and c >= 0 for c in counts) and sum(counts) == H * W)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(video_item())
+def test_video_mapper_on_fuzzed_clips(item):
+    CASES["video mapper"] += 1
+    problem = _video_problem(item)
+    try:
+        out = _video_mapper()(item)
+    except BadDatasetItemError as e:
+        assert any(f in str(e) for f in item["file_names"]) or "video 5" in str(e), str(e)
+        assert problem is not None, f"a valid clip was refused: {e}"
+        CASES["video mapper: named error"] += 1
+        return
+    assert problem is None, f"a clip with a bad {problem} was accepted"
+    # accepted: every non-crowd instance of the clip, sorted by id, in every frame: its class, its mask where
+    # it is annotated (the boxes come from the masks, whatever the annotation's bbox says), id -1 where absent
+    assert out["frame_idx"] == list(range(FRAMES))
+    objects = [{o["id"]: o for o in frame if not o.get("iscrowd", 0)} for frame in item["annotations"]]
+    ids = sorted({i for frame in objects for i in frame})
+    classes = {i: o["category_id"] for frame in objects for i, o in frame.items()}
+    for frame, instances in zip(objects, out["instances"]):
+        assert instances.gt_classes.tolist() == [classes[i] for i in ids]
+        for n, inst_id in enumerate(ids):
+            mask = _expected_mask(frame[inst_id]["segmentation"]) if inst_id in frame else np.zeros((H, W), bool)
+            assert np.array_equal(instances.gt_masks[n].numpy(), mask)
+            assert instances.gt_ids[n].item() == (inst_id if mask.any() else -1)
+            ys, xs = np.nonzero(mask)
+            box = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] if mask.any() else [0, 0, 0, 0]
+            assert instances.gt_boxes.tensor[n].tolist() == [float(v) for v in box]
+
+
+# ------------------------------------------------------------------------------------------ COCO instance JSON
+def _coco_annotation(draw, ann_id, num_images):
+    return {"id": ann_id, "image_id": draw(st.integers(1, num_images)), "category_id": draw(st.sampled_from([1, 2, 5])),
+            "iscrowd": draw(st.sampled_from([0, 0, 0, 1])), "bbox": [1.0, 2.0, 3.0, 4.0], "area": 12.0,
+            "segmentation": draw(st.one_of(
+                st.lists(st.lists(st.floats(0, 30, allow_nan=False), min_size=2, max_size=10), max_size=2),
+                st.just({"size": [H, W], "counts": [H * W]}),
+                st.just({"size": [H, W], "counts": "Ph0"}), st.just([]), st.none()))}
+
+
+def _break(draw, data):
+    """Make one field of a COCO instance JSON wrong: missing, of another type, or pointing at nothing."""
+    if not data["annotations"]:  # something for the annotation flaws to change
+        data["annotations"].append(_coco_annotation(draw, 99, len(data["images"])))
+    anns, images, cats = data["annotations"], data["images"], data["categories"]
+    flaw = draw(st.sampled_from([
+        "top-level key", "top-level type", "image key", "image field type", "repeated image id",
+        "annotation key", "unknown image id", "unknown category id", "category id type", "repeated category id",
+        "repeated annotation id", "iscrowd", "bbox", "polygon type", "rle size", "rle counts", "segmentation type",
+        "category key", "annotation not an object", "keypoints"]))
+    if flaw == "top-level key":
+        data.pop(draw(st.sampled_from(["images", "categories"])))
+    elif flaw == "top-level type":
+        data[draw(st.sampled_from(["images", "annotations", "categories"]))] = draw(st.sampled_from([{}, 3, "x"]))
+    elif flaw == "image key":
+        images[0].pop(draw(st.sampled_from(["id", "file_name", "height", "width"])), None)
+    elif flaw == "image field type":
+        images[0][draw(st.sampled_from(["id", "file_name", "height", "width"]))] = draw(st.sampled_from([None, 1.5,
+                                                                                                         [1], -3]))
+    elif flaw == "repeated image id":
+        data["images"] = images + [dict(images[0], file_name="again.jpg")]
+    elif flaw == "annotation key":
+        anns[0].pop(draw(st.sampled_from(["id", "image_id", "category_id"])), None)
+    elif flaw == "unknown image id":
+        anns[0]["image_id"] = draw(st.sampled_from([0, 99, "1", None]))
+    elif flaw == "unknown category id":
+        anns[0]["category_id"] = draw(st.sampled_from([0, 3, -1, 99]))
+    elif flaw == "category id type":
+        anns[0]["category_id"] = draw(st.sampled_from(["1", 1.0, None, True, [1]]))
+    elif flaw == "repeated category id":
+        data["categories"] = cats + [dict(cats[0], name="twin")]
+    elif flaw == "repeated annotation id":
+        anns.append(dict(anns[0]))
+    elif flaw == "iscrowd":
+        anns[0]["iscrowd"] = draw(st.sampled_from(["0", 2, None, 0.5]))
+    elif flaw == "bbox":
+        anns[0]["bbox"] = draw(st.sampled_from([[], [1, 2, 3], "1 2 3 4", None, [1, 2, "3", 4]]))
+    elif flaw == "polygon type":
+        anns[0]["segmentation"] = draw(st.sampled_from([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [["1", 2, 3, 4, 5, 6]],
+                                                        [None]]))
+    elif flaw == "rle size":
+        anns[0]["segmentation"] = {"size": draw(st.sampled_from([None, [H], [H, "W"], [0, W]])), "counts": [H * W]}
+    elif flaw == "rle counts":
+        anns[0]["segmentation"] = {"size": [H, W], "counts": draw(st.sampled_from([None, 5, [-1, H * W], [1.5]]))}
+    elif flaw == "segmentation type":
+        anns[0]["segmentation"] = draw(st.sampled_from([5, "polygon", True]))
+    elif flaw == "category key":
+        cats[0].pop(draw(st.sampled_from(["id", "name"])))
+    elif flaw == "annotation not an object":
+        anns.append(draw(st.sampled_from([None, 3, "annotation"])))
+    else:
+        anns[0]["keypoints"] = draw(st.sampled_from([[1, 2], "1 2 2", [1, "2", 2]]))
+    return flaw
+
+
+@st.composite
+def coco_instance_json(draw):
+    num_images = draw(st.integers(1, 3))
+    data = {"images": [{"id": i, "file_name": f"{i}.jpg", "height": H, "width": W} for i in range(1, num_images + 1)],
+            "annotations": [_coco_annotation(draw, 100 + j, num_images) for j in range(draw(st.integers(0, 4)))],
+            "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 5, "name": "c"}]}
+    for ann in data["annotations"]:
+        if draw(st.integers(0, 4)) == 0:
+            ann["keypoints"] = [3, 4, 2, 5, 6, 1]
+    draw(st.permutations(data["images"]))  # order in the file is free
+    flaw = draw(st.sampled_from([None, None, None]) | st.just("flaw"))
+    if flaw:
+        flaw = _break(draw, data)
+    return data, flaw
+
+
+@FUZZ
+@given(coco_instance_json(), st.booleans())
+def test_coco_instance_json_reader_on_fuzzed_json(case, with_name):
+    from detectron2.data import MetadataCatalog
+    from detectron2.data.datasets import load_coco_json
+
+    from mask2former.data.datasets.coco_instances import load_coco_instance_json
+
+    data, flaw = case
+    CASES["COCO instance JSON"] += 1
+    json_file = os.path.join(WORK, "instances.json")
+    with open(json_file, "w") as f:
+        json.dump(data, f)
+    name = f"m2f_fuzz_coco_{CASES['COCO instance JSON']}" if with_name else None
+    try:
+        dicts = load_coco_instance_json(json_file, WORK, name)
+    except ValueError as e:
+        assert json_file in str(e), str(e)
+        assert flaw is not None, f"a well-formed JSON was refused: {e}"
+        CASES["COCO instance JSON: named error"] += 1
+        return
+    assert flaw is None, f"a JSON with a bad {flaw} was accepted"
+    # accepted: exactly what detectron2's reader gives (dicts and metadata)
+    reference = load_coco_json(json_file, WORK, f"{name}_d2" if with_name else None)
+    assert dicts == reference
+    if with_name:
+        for key in ("thing_classes", "thing_dataset_id_to_contiguous_id"):
+            assert MetadataCatalog.get(name).get(key) == MetadataCatalog.get(f"{name}_d2").get(key)
+
+
+def test_coco_instance_registrations_use_the_checked_reader(tmp_path):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from mask2former.data.datasets.coco_instances import load_coco_instance_json
+    from mask2former.data.datasets.register_folder import register_coco_instance_folder
+
+    for name in ("coco_2017_train", "coco_2017_val", "coco_2017_test", "keypoints_coco_2017_val"):  # detectron2's
+        loader, meta = DatasetCatalog[name], MetadataCatalog.get(name)
+        assert loader.func is load_coco_instance_json and loader.args == (meta.json_file, meta.image_root, name)
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "height": H, "width": W}],
+            "annotations": [{"id": 7, "image_id": 2, "category_id": 1, "segmentation": [], "bbox": [0, 0, 1, 1]}],
+            "categories": [{"id": 1, "name": "a"}]}
+    (tmp_path / "instances.json").write_text(json.dumps(data))
+    register_coco_instance_folder("m2f_fuzz_coco_folder", str(tmp_path), str(tmp_path / "instances.json"))
+    with pytest.raises(ValueError, match=r"instances.json': annotations\[0\] \(id 7\) image_id 2 is not in 'images'"):
+        DatasetCatalog.get("m2f_fuzz_coco_folder")  # detectron2's reader drops such annotations with a warning

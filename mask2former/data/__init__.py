@@ -1,5 +1,6 @@
 """Datasets, dataset mappers and their registration."""
 from .datasets import register_shapes_world  # noqa: F401
+from .datasets import register_coco_instance  # noqa: F401  (detectron2's COCO instance splits, checked reader)
 from .datasets import register_coco_panoptic_annos_semseg  # noqa: F401
 from .datasets import register_ade20k_semantic  # noqa: F401
 from .datasets import register_ade20k_full  # noqa: F401

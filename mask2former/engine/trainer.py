@@ -15,7 +15,8 @@ detectron2's ``DefaultTrainer`` that matter:
   one is skipped (:mod:`.checkpoint`), the training loader starts at the batch the run stopped at
   (:mod:`mask2former.data.resumable_loader`), and at every checkpoint iteration each rank reseeds its Python,
   NumPy and torch RNGs from (seed, rank, iteration), which a resumed run repeats;
-* a full disk stops the run with an error naming the file and the free space; items skipped under
+* a full disk stops the run with an error naming the file (checkpoint, metrics.json or an evaluation output)
+  and the free space; items skipped under
   ``DATALOADER.SKIP_BAD_ITEMS`` are counted in metrics.json ("data/skipped_items") and listed at the end
   (log and ``OUTPUT_DIR/skipped_items.json``); a stalled data loader is reported (``DATALOADER.TIMEOUT``).
 """
@@ -48,7 +49,7 @@ from detectron2.utils.logger import setup_logger
 from ..data.resumable_loader import ResumableTrainLoader, pop_skipped_items
 from ..evaluation.build import build_evaluator
 from ..compat import ddp_device_ids, grad_scaler, load_trainer_state, trainer_state_dict
-from ..utils.disk import DiskFullError, atomic_write, disk_full_error, is_disk_full
+from ..utils.disk import DiskFullError, atomic_write, disk_full_error, is_disk_full, report_full_disk
 from .checkpoint import MaskFormerCheckpointer
 from .solver import build_lr_scheduler, build_optimizer
 from .tta import MaskFormerWithTTA
@@ -198,9 +199,10 @@ class MaskFormerTrainer(DefaultTrainer):
         try:
             results = super().train()
         except OSError as e:
-            if not is_disk_full(e) or isinstance(e, DiskFullError):
+            if not is_disk_full(e) or (isinstance(e, DiskFullError) and e.kept):
                 raise
-            path = e.filename or self.cfg.OUTPUT_DIR
+            # a write whose error says nothing about the checkpoints (e.g. an evaluation output): say it here
+            path = e.path if isinstance(e, DiskFullError) else e.filename or self.cfg.OUTPUT_DIR
             last = self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint() else ""
             raise disk_full_error(
                 path, e, f"the last complete checkpoint '{last}' is intact" if last else "no checkpoint was written"
@@ -331,6 +333,13 @@ class MaskFormerTrainer(DefaultTrainer):
 
             mapper = MAPPER_REGISTRY.get("ytvis")(cfg, is_train=False)
         return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """detectron2's; a full disk while an evaluator writes its outputs (results JSON, predictions, panoptic
+        PNGs in a temporary folder) raises :class:`DiskFullError` naming that file and its free space."""
+        with report_full_disk(os.path.join(cfg.OUTPUT_DIR, "inference")):
+            return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str, output_folder: Optional[str] = None):

@@ -31,6 +31,8 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
+from ..utils.disk import atomic_write
+
 __all__ = ["YTVISEvaluator", "video_output_to_results", "evaluate_ytvis", "track_iou", "YTVIS_METRICS"]
 
 logger = logging.getLogger(__name__)
@@ -300,7 +302,7 @@ class YTVISEvaluator(DatasetEvaluator):
         if self._output_dir:
             PathManager.mkdirs(self._output_dir)
             path = os.path.join(self._output_dir, "results.json")
-            with PathManager.open(path, "w") as f:
+            with atomic_write(path, "w") as f:  # never a truncated results.json (e.g. on a full disk)
                 json.dump(predictions, f)
             self._logger.info(f"Wrote {len(predictions)} video predictions to {path}")
         if not self._json_file:

@@ -26,6 +26,8 @@ __all__ = [
     "read_image",
     "read_label_map",
     "read_panoptic_rgb",
+    "check_annotation_list",
+    "check_is_crowd",
     "check_category_id",
     "check_label_values",
     "decode_segmentation",
@@ -136,6 +138,8 @@ def read_label_map(path: str, image_hw: Tuple[int, int], file_name: str) -> np.n
             file_name,
         )
     _check_same_size(label, image_hw, "semantic label", path, file_name)
+    if label.dtype == bool:  # a 1-bit map (PIL mode "1") holds the ids 0 and 1
+        return label.astype(np.uint8)
     if label.dtype == np.uint8:
         return label
     if not np.issubdtype(label.dtype, np.integer):
@@ -149,6 +153,26 @@ def read_panoptic_rgb(path: str, image_hw: Tuple[int, int], file_name: str) -> n
     pan = _read_annotation_image(path, "panoptic", file_name, image_format="RGB")
     _check_same_size(pan, image_hw, "panoptic", path, file_name)
     return pan
+
+
+def check_annotation_list(annotations, what: str, file_name: str) -> list:
+    """Return ``annotations`` if it is a list of dicts (one image's or one frame's annotations)."""
+    if not isinstance(annotations, list):
+        raise BadDatasetItemError(f"{what} is a {type(annotations).__name__}; expected a list of annotations",
+                                  file_name)
+    for i, obj in enumerate(annotations):
+        if not isinstance(obj, dict):
+            raise BadDatasetItemError(f"{what}: annotation {i} is a {type(obj).__name__}; expected a dict", file_name)
+    return annotations
+
+
+def check_is_crowd(obj: dict, where: str, file_name: str) -> bool:
+    """The annotation's "iscrowd" (absent: 0) as a bool; a value other than 0 / 1 is refused, since a truthy
+    string such as "0" would otherwise drop the instance as a crowd region."""
+    value = obj.get("iscrowd", 0)
+    if not (isinstance(value, numbers.Integral) and value in (0, 1)):  # True / False are 1 / 0
+        raise BadDatasetItemError(f"{where} has iscrowd {value!r}; expected 0 or 1", file_name)
+    return bool(value)
 
 
 def check_category_id(category_id, num_classes: int, where: str, file_name: str) -> int:

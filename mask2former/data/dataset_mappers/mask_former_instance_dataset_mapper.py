@@ -6,7 +6,7 @@ from detectron2.structures import polygons_to_bitmask
 
 from .augmentation import build_mask_former_augmentations
 from .build import MAPPER_REGISTRY
-from .checks import BadDatasetItemError, check_category_id, decode_segmentation
+from .checks import BadDatasetItemError, check_annotation_list, check_category_id, check_is_crowd, decode_segmentation
 from .base import MaskFormerMapperBase
 
 __all__ = ["MaskFormerInstanceDatasetMapper", "parse_instance_annotations", "render_instance_masks"]
@@ -20,10 +20,10 @@ def parse_instance_annotations(annotations: List[dict], image_hw: Tuple[int, int
     as from :func:`~.checks.decode_segmentation`.
     """
     parsed = []
-    for i, obj in enumerate(annotations):
-        if obj.get("iscrowd", 0):
-            continue
+    for i, obj in enumerate(check_annotation_list(annotations, "'annotations'", file_name)):
         where = f"annotation {i}"
+        if check_is_crowd(obj, where, file_name):
+            continue
         class_id = check_category_id(obj.get("category_id"), num_classes, where, file_name)
         if "segmentation" not in obj:
             raise BadDatasetItemError(f"{where} has no 'segmentation'", file_name)

@@ -6,7 +6,15 @@ import numpy as np
 from ..datasets.loading import rgb2id
 from .augmentation import build_mask_former_augmentations
 from .build import MAPPER_REGISTRY
-from .checks import BadDatasetItemError, check_category_id, check_label_values, read_label_map, read_panoptic_rgb
+from .checks import (
+    BadDatasetItemError,
+    check_annotation_list,
+    check_category_id,
+    check_is_crowd,
+    check_label_values,
+    read_label_map,
+    read_panoptic_rgb,
+)
 from .base import MaskFormerMapperBase
 
 __all__ = ["MaskFormerPanopticDatasetMapper", "parse_segments_info"]
@@ -15,13 +23,13 @@ __all__ = ["MaskFormerPanopticDatasetMapper", "parse_segments_info"]
 def parse_segments_info(segments_info: List[dict], num_classes: int, file_name: str) -> List[Tuple[int, int, bool]]:
     """Check "segments_info" (contiguous "category_id"); returns (segment id, class id, iscrowd) per segment."""
     parsed = []
-    for i, seg in enumerate(segments_info):
+    for i, seg in enumerate(check_annotation_list(segments_info, "'segments_info'", file_name)):
         where = f"segments_info[{i}]"
         seg_id = seg.get("id")
         if isinstance(seg_id, bool) or not isinstance(seg_id, (int, np.integer)) or seg_id <= 0:
             raise BadDatasetItemError(f"{where} has id {seg_id!r}; expected a positive integer", file_name)
         class_id = check_category_id(seg.get("category_id"), num_classes, f"{where} (id {seg_id})", file_name)
-        parsed.append((int(seg_id), class_id, bool(seg.get("iscrowd", 0))))
+        parsed.append((int(seg_id), class_id, check_is_crowd(seg, f"{where} (id {seg_id})", file_name)))
     return parsed
 
 

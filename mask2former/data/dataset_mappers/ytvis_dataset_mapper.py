@@ -20,6 +20,7 @@ which also give one size per clip here), the crop (INPUT.CROP), the flip (INPUT.
 "horizontal", "vertical" or "none") and INPUT.AUGMENTATIONS ("brightness", "contrast", "saturation",
 "rotation"). Contrast and saturation blend each frame with its own mean or grey image.
 """
+import numbers
 from typing import List, Sequence
 
 import numpy as np
@@ -31,7 +32,14 @@ from fvcore.transforms.transform import Transform
 
 from .augmentation import PhotometricTransform
 from .build import MAPPER_REGISTRY
-from .checks import BadDatasetItemError, check_category_id, decode_segmentation, read_image
+from .checks import (
+    BadDatasetItemError,
+    check_annotation_list,
+    check_category_id,
+    check_is_crowd,
+    decode_segmentation,
+    read_image,
+)
 from .mask_former_instance_dataset_mapper import render_instance_masks
 from .base import MaskFormerMapperBase, _pad
 
@@ -175,6 +183,9 @@ class YTVISDatasetMapper(MaskFormerMapperBase):
             raise ValueError(f"YTVISDatasetMapper needs 'annotations' to train, but the dict of {video} "
                              f"({file_names[0]}) has only {sorted(dataset_dict)}: is DATASETS.TRAIN a split "
                              "with ground truth?")
+        if annotations is not None and not isinstance(annotations, list):
+            raise BadDatasetItemError(f"'annotations' is a {type(annotations).__name__}; expected one list per frame",
+                                      file_names[0])
         if annotations is not None and len(annotations) != len(file_names):
             raise BadDatasetItemError(f"'annotations' lists {len(annotations)} frames, 'file_names' "
                                       f"{len(file_names)}", file_names[0])
@@ -213,21 +224,25 @@ class YTVISDatasetMapper(MaskFormerMapperBase):
     def _clip_instances(self, frame_annos, file_names, transforms, input_hw, output_hw, padded) -> List[Instances]:
         """Per frame Instances listing every non-crowd instance of the clip (see the module docstring)."""
         per_frame, classes = [], {}
-        for annos, file_name in zip(frame_annos, file_names):
+        for t, (annos, file_name) in enumerate(zip(frame_annos, file_names)):
             frame = {}
-            for i, obj in enumerate(annos):
-                if obj.get("iscrowd", 0):
-                    continue
+            for i, obj in enumerate(check_annotation_list(annos, f"the annotations of frame {t}", file_name)):
                 where = f"annotation {i} (id {obj.get('id')!r})"
-                if "id" not in obj:
-                    raise BadDatasetItemError(f"{where} has no instance 'id'", file_name)
+                if check_is_crowd(obj, where, file_name):
+                    continue
+                inst_id = obj.get("id")
+                if isinstance(inst_id, bool) or not isinstance(inst_id, numbers.Integral):
+                    raise BadDatasetItemError(f"{where} has instance id {inst_id!r}; expected an integer", file_name)
+                if inst_id in frame:  # which of the two masks is the instance's would be a guess
+                    raise BadDatasetItemError(f"{where}: instance {inst_id} is annotated twice in this frame",
+                                              file_name)
                 class_id = check_category_id(obj.get("category_id"), self.num_classes, where, file_name)
-                if classes.setdefault(obj["id"], class_id) != class_id:
+                if classes.setdefault(inst_id, class_id) != class_id:
                     raise BadDatasetItemError(f"{where} has category {class_id} but the same instance has category "
-                                              f"{classes[obj['id']]} in another frame", file_name)
+                                              f"{classes[inst_id]} in another frame", file_name)
                 if "segmentation" not in obj:
                     raise BadDatasetItemError(f"{where} has no 'segmentation'", file_name)
-                frame[obj["id"]] = decode_segmentation(obj["segmentation"], input_hw, where, file_name)
+                frame[inst_id] = decode_segmentation(obj["segmentation"], input_hw, where, file_name)
             per_frame.append(frame)
         ids = sorted(classes)
         gt_classes = torch.tensor([classes[i] for i in ids], dtype=torch.int64)

@@ -15,8 +15,8 @@ from functools import partial
 from typing import List, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_coco_json
 
+from .coco_instances import load_coco_instance_json
 from .loading import (
     check_categories,
     datasets_root,
@@ -54,7 +54,7 @@ def _load(json_file: str, image_root: str, name: str, categories: Optional[List[
     if categories is not None:
         check_categories(json_file, read_json(json_file, _JSON_HINT)["categories"], categories,
                          "Make it with `python datasets/prepare_ade20k_ins_seg.py`.")
-    return load_coco_json(json_file, image_root, dataset_name=name)
+    return load_coco_instance_json(json_file, image_root, dataset_name=name, hint=_JSON_HINT)
 
 
 def register_ade20k_instance(name: str, image_root: str, json_file: str,

@@ -29,8 +29,8 @@ from functools import partial
 from typing import Dict, List, Optional, Sequence, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_coco_json
 
+from .coco_instances import load_coco_instance_json
 from .loading import instance_metadata, load_panoptic_json, load_sem_seg_files, panoptic_metadata, read_json, require_path
 
 __all__ = [
@@ -100,12 +100,13 @@ def register_coco_panoptic_folder(
 
 def _load_instances(json_file: str, image_root: str, name: str):
     require_path(image_root, _HINT, "folder")
-    return load_coco_json(json_file, image_root, dataset_name=name)
+    return load_coco_instance_json(json_file, image_root, dataset_name=name, hint=_HINT)
 
 
 def register_coco_instance_folder(name: str, image_root: str, instances_json: str) -> dict:
     """Register a COCO-instance folder as dataset ``name`` (evaluated as mask AP); contiguous ids follow the
-    category ids, as detectron2's ``load_coco_json`` numbers them. Returns the metadata."""
+    category ids, as detectron2's ``load_coco_json`` numbers them (the file is read by
+    :func:`~.coco_instances.load_coco_instance_json`, which checks its structure). Returns the metadata."""
     categories = sorted(_categories(instances_json, needs_isthing=False), key=lambda c: c["id"])
     meta = instance_metadata([dict(c, isthing=1) for c in categories])
     _replace(name)

@@ -4,7 +4,7 @@ Registers the generated "shapes world" dataset (see shapes_world.py) on ``import
     shapes_world_{train,val}_panoptic   detectron2 COCO panoptic dicts (file_name, image_id, pan_seg_file_name,
                                         segments_info with contiguous category_id and isthing) plus
                                         sem_seg_file_name; evaluator_type "coco_panoptic_seg"
-    shapes_world_{train,val}_instance   COCO instance dicts from load_coco_json; evaluator_type "coco"
+    shapes_world_{train,val}_instance   COCO instance dicts (load_coco_instance_json); evaluator_type "coco"
     shapes_world_{train,val}_sem_seg    semantic dicts from load_sem_seg; evaluator_type "sem_seg"
 
 The data lives in ``$DETECTRON2_DATASETS/shapes_world`` (default ``datasets/shapes_world``). Registering
@@ -21,7 +21,7 @@ import os
 from typing import List
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_coco_json, load_sem_seg
+from detectron2.data.datasets import load_sem_seg
 from detectron2.data.datasets.coco_panoptic import load_coco_panoptic_json
 
 from ..synthetic.shapes_world import (
@@ -33,6 +33,7 @@ from ..synthetic.shapes_world import (
     shapes_world_categories,
     shapes_world_paths,
 )
+from .coco_instances import load_coco_instance_json
 
 __all__ = ["register_shapes_world", "shapes_world_metadata"]
 
@@ -63,7 +64,7 @@ def _load_panoptic(folder: str, split: str, params: dict, meta: dict) -> List[di
 def _load_instance(folder: str, split: str, params: dict, name: str) -> List[dict]:
     ensure_shapes_world(folder, **params)
     paths = shapes_world_paths(folder, split)
-    return load_coco_json(paths["instances_json"], paths["image_root"], dataset_name=name)
+    return load_coco_instance_json(paths["instances_json"], paths["image_root"], dataset_name=name)
 
 
 def _load_sem_seg(folder: str, split: str, params: dict) -> List[dict]:
