@@ -355,6 +355,53 @@ def test_shapes_world_model_builds(path):
     assert "backbone.res2.0.conv3.weight" not in sd
 
 
+
+# The backbone variants of the R18 panoptic config: only the backbone changes (docs/RESULTS.md compares them).
+SHAPES_WORLD_BACKBONES = {
+    "configs/shapes_world/dat/maskformer2_dat_panoptic.yaml": ("D2DAT", "DAT"),
+    "configs/shapes_world/swin/maskformer2_swin_panoptic.yaml": ("D2SwinTransformer", "SWIN"),
+}
+
+
+def flat(node, prefix=""):
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def test_shapes_world_backbone_configs_exist():
+    found = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs/shapes_world").glob("*/maskformer2_*.yaml"))
+    assert found == sorted(SHAPES_WORLD_BACKBONES)
+
+
+@pytest.mark.parametrize("path", sorted(SHAPES_WORLD_BACKBONES))
+def test_shapes_world_backbone_config_changes_only_the_backbone(path):
+    """Same recipe as the R18 config; the backbone is built from scratch and gives res2..res5 at strides
+    4..32 with 32..256 channels on a 192 px crop and on a test-size image that is no window multiple."""
+    from detectron2.modeling import build_backbone
+
+    name, section = SHAPES_WORLD_BACKBONES[path]
+    cfg = load_cfg(path)
+    base = load_cfg("configs/shapes_world/maskformer2_R18_panoptic.yaml")
+    own = ("MODEL.BACKBONE.NAME", "OUTPUT_DIR")
+    ours = {k: v for k, v in flat(cfg).items() if k not in own and not k.startswith(f"MODEL.{section}.")}
+    theirs = {k: v for k, v in flat(base).items() if k not in own and not k.startswith(f"MODEL.{section}.")}
+    assert ours == theirs, {k: (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k]}
+    assert cfg.MODEL.BACKBONE.NAME == name and cfg.MODEL.WEIGHTS == "" and check_weights_available(cfg) == ""
+    torch.manual_seed(0)
+    backbone = build_backbone(cfg).eval()
+    for h, w in ((192, 192), (288, 416)):
+        with torch.no_grad():
+            out = backbone(torch.randn(1, 3, h, w))
+        assert {k: tuple(v.shape) for k, v in out.items()} == {
+            f"res{i + 2}": (1, 32 * 2**i, math.ceil(h / 4 / 2**i), math.ceil(w / 4 / 2**i)) for i in range(4)}
+        assert all(torch.isfinite(v).all() for v in out.values())
+
+
 # ------------------------------------------------------------------------------------------ weights check
 def cfg_with_weights(value):
     cfg = get_cfg()

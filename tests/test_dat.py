@@ -13,7 +13,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, build_backbone
 
 from mask2former import add_maskformer2_config
-from mask2former.modeling.backbone.dat import D2DAT, DAttentionBaseline, window_attention_mask
+from mask2former.modeling.backbone.dat import D2DAT, DAttentionBaseline, DepthwiseConv2d, window_attention_mask
 
 from shared_paths import SHARED, require
 
@@ -248,6 +248,43 @@ def test_gradcheck_of_deformable_sampling_float64():
     assert (moved > 0.05).any()  # the offsets matter
     assert torch.autograd.gradcheck(run, (x, table, offset_weight), eps=1e-6, atol=1e-5)
 
+
+
+@pytest.mark.parametrize("dtype,amp", [(torch.float32, False), (torch.float32, True), (torch.float64, False)])
+@pytest.mark.parametrize("batch,groups,channels,size,kernel", [(1, 3, 128, 32, 5), (2, 2, 16, 23, 5), (8, 2, 64, 12, 5),
+                                                               (1, 2, 32, 16, 3), (1, 2, 8, 20, 9)])
+def test_offset_convolution_matches_conv2d(dtype, amp, batch, groups, channels, size, kernel):
+    """The offset network's depthwise convolution: output and input gradient equal nn.Conv2d's bit for bit
+    (on the strides the offset network gives it, and under bfloat16 autocast), the weight and bias gradients
+    up to rounding."""
+    torch.manual_seed(0)
+    ours = DepthwiseConv2d(channels, channels, kernel, 1, kernel // 2, groups=channels).to(dtype)
+    plain = torch.nn.Conv2d(channels, channels, kernel, 1, kernel // 2, groups=channels).to(dtype)
+    plain.load_state_dict(ours.state_dict())
+    assert [n for n, _ in ours.named_parameters()] == ["weight", "bias"]
+    source = torch.randn(batch, size, size, groups * channels, dtype=dtype)
+    results = []
+    for conv in (plain, ours):
+        x = source.clone().requires_grad_()
+        q = x.permute(0, 3, 1, 2).reshape(batch * groups, channels, size, size)  # as proj_q's output is split
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            y = conv(q)
+        y.backward(torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y))
+        results.append((y.detach(), x.grad, conv.weight.grad, conv.bias.grad))
+    (y_a, gx_a, gw_a, gb_a), (y_b, gx_b, gw_b, gb_b) = results
+    assert y_b.dtype == (torch.bfloat16 if amp else dtype)
+    assert torch.equal(y_a, y_b) and torch.equal(gx_a, gx_b)
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5}[dtype] if not amp else 1e-2  # bf16: 8 mantissa bits
+    torch.testing.assert_close(gw_b, gw_a, rtol=tol, atol=tol * gw_a.abs().max().item())
+    torch.testing.assert_close(gb_b, gb_a, rtol=tol, atol=tol * gb_a.abs().max().item())
+    with torch.no_grad():
+        assert torch.equal(ours(q), plain(q))
+
+
+def test_offset_network_uses_the_depthwise_convolution():
+    backbone = build_backbone(dat_cfg(SMALL))
+    offset_convs = [m.conv_offset[0] for m in backbone.modules() if isinstance(m, DAttentionBaseline)]
+    assert offset_convs and all(type(c) is DepthwiseConv2d and c.groups == c.in_channels for c in offset_convs)
 
 def test_amp_bfloat16_on_cpu():
     torch.manual_seed(0)

@@ -8,10 +8,13 @@ step; with the config's autocast setting (``SOLVER.AMP.ENABLED``: bfloat16 on a 
 then timed again with the per-parameter AdamW loop (``fused=False``) on the same gradients. Random weights,
 or the checkpoint given as ``MODEL.WEIGHTS``. With ``--deform-attn-impls pytorch cpp`` the iterations alternate
 between the deformable-attention implementations (same model and batches; the losses of the first batch are
-first compared under both) and a table per implementation and their ratio are printed.
+first compared under both) and a table per implementation and their ratio are printed. With several
+``--config-file`` values every config gets its own model, optimizer and batches, and the iterations alternate
+between the configs (A, B, C, A, B, C, ...), so that their seconds per iteration are measured side by side; the
+``KEY VALUE`` overrides apply to all of them.
 
     DETECTRON2_DATASETS=datasets python tools/benchmark_train_step.py \\
-        [--config-file configs/shapes_world/maskformer2_R18_panoptic.yaml] [--repeats 10] \
+        [--config-file configs/shapes_world/maskformer2_R18_panoptic.yaml [CONFIG ...]] [--repeats 10] \
         [--deform-attn-impls pytorch cpp] [KEY VALUE ...]
 """
 import argparse
@@ -72,27 +75,50 @@ def median(values):
     return sorted(values)[len(values) // 2]
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default="configs/shapes_world/maskformer2_R18_panoptic.yaml")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--deform-attn-impls", nargs="+", choices=["auto", "pytorch", "cpp", "triton"],
-                        help="alternate the iterations between these deformable-attention implementations")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[])
-    args = parser.parse_args()
-
-    cfg, _ = build_config(argparse.Namespace(config_file=args.config_file,
-                                             opts=["DATALOADER.NUM_WORKERS", 0] + args.opts))
+def build(config_file, opts, repeats):
+    """Model, optimizer, config and ``repeats + 2`` training batches of one config, as ``train_net.py`` builds them."""
+    cfg, _ = build_config(argparse.Namespace(config_file=config_file, opts=["DATALOADER.NUM_WORKERS", 0] + opts))
     torch.manual_seed(0)
     model = Trainer.build_model(cfg).train()
     if cfg.MODEL.WEIGHTS:
         MaskFormerCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     optimizer = Trainer.build_optimizer(cfg, model)
     loader = iter(Trainer.build_train_loader(cfg))
-    batches = [next(loader) for _ in range(args.repeats + 2)]
+    return model, optimizer, cfg, [next(loader) for _ in range(repeats + 2)]
 
+
+def print_table(times):
+    total = sum(median(v) for v in times.values())
+    for s in STAGES:
+        print(f"{s:20s} {median(times[s]) * 1e3:8.1f} ms  {median(times[s]) / total:5.1%}")
+    print(f"{'total':20s} {total * 1e3:8.1f} ms")
+    return total
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", nargs="+", default=["configs/shapes_world/maskformer2_R18_panoptic.yaml"],
+                        help="one config, or several to time side by side (their iterations alternate)")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--deform-attn-impls", nargs="+", choices=["auto", "pytorch", "cpp", "triton"],
+                        help="alternate the iterations between these deformable-attention implementations")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[])
+    args = parser.parse_args()
+    # "--config-file A.yaml KEY VALUE": the list stops at the first name that is no .yaml file, the rest are overrides
+    split = next((i for i, v in enumerate(args.config_file) if not v.endswith((".yaml", ".yml", ".py"))),
+                 len(args.config_file))
+    args.config_file, args.opts = args.config_file[:split], args.config_file[split:] + args.opts
+    if not args.config_file:
+        parser.error("--config-file: expected a config file (.yaml) before the KEY VALUE overrides")
+    if len(set(args.config_file)) != len(args.config_file):
+        parser.error(f"--config-file names a config twice: {args.config_file}")
+    if len(args.config_file) > 1 and args.deform_attn_impls and len(args.deform_attn_impls) > 1:
+        parser.error("--deform-attn-impls with several implementations takes a single --config-file")
+
+    runs = {path: build(path, args.opts, args.repeats) for path in args.config_file}
     impls = args.deform_attn_impls or [None]
     if len(impls) > 1:
+        (model, _, cfg, batches), = runs.values()
         losses = {}
         for impl in impls:
             set_deform_attn_impl(model, impl)
@@ -100,42 +126,56 @@ def main():
         worst = max(abs(losses[i][k] - losses[impls[0]][k]) for i in impls for k in losses[i])
         print(f"first-batch losses, largest difference between {' / '.join(impls)}: {worst:.2e} "
               f"(total {' / '.join(f'{sum(v.values()):.6f}' for v in losses.values())})")
-    times = {impl: {s: [] for s in STAGES} for impl in impls}
-    for i, batch in enumerate(batches):
-        for impl in impls:  # alternate, so that drift of the machine hits every implementation alike
+    variants = [(path, impl) for path in runs for impl in impls]
+    times = {v: {s: [] for s in STAGES} for v in variants}
+    for i in range(args.repeats + 2):
+        for path, impl in variants:  # alternate, so that drift of the machine hits every variant alike
+            model, optimizer, cfg, batches = runs[path]
             if impl:
                 set_deform_attn_impl(model, impl)
-            t = train_step(model, optimizer, batch, cfg.SOLVER.AMP.ENABLED)
+            t = train_step(model, optimizer, batches[i], cfg.SOLVER.AMP.ENABLED)
             if i >= 2:  # two warm-ups
                 for s in STAGES:
-                    times[impl][s].append(t[s])
-    print(f"config: {args.config_file} {' '.join(args.opts)}; batch {cfg.SOLVER.IMS_PER_BATCH}, "
-          f"autocast {cfg.SOLVER.AMP.ENABLED}, {torch.get_num_threads()} threads, median of {args.repeats}")
+                    times[(path, impl)][s].append(t[s])
     totals = {}
-    for impl in impls:
-        total = totals[impl] = sum(median(v) for v in times[impl].values())
+    for path, impl in variants:
+        model, _, cfg, _ = runs[path]
+        if impl is None or impl == impls[0]:
+            params = sum(p.numel() for p in model.parameters())
+            print(f"config: {path} {' '.join(args.opts)}; batch {cfg.SOLVER.IMS_PER_BATCH}, autocast "
+                  f"{cfg.SOLVER.AMP.ENABLED}, {torch.get_num_threads()} threads, median of {args.repeats}; "
+                  f"{params / 1e6:.2f} M parameters ({sum(p.numel() for p in model.backbone.parameters()) / 1e6:.2f} M "
+                  "in the backbone)")
         if impl:
             print(f"deformable attention: {impl}")
-        for s in STAGES:
-            print(f"{s:20s} {median(times[impl][s]) * 1e3:8.1f} ms  {median(times[impl][s]) / total:5.1%}")
-        print(f"{'total':20s} {total * 1e3:8.1f} ms")
+        totals[(path, impl)] = print_table(times[(path, impl)])
     if len(impls) > 1:
-        print("speed-up vs " + impls[0] + ": " + ", ".join(f"{i} {totals[impls[0]] / totals[i]:.2f}x" for i in impls[1:]))
+        path = args.config_file[0]
+        print("speed-up vs " + impls[0] + ": " + ", ".join(
+            f"{i} {totals[(path, impls[0])] / totals[(path, i)]:.2f}x" for i in impls[1:]))
+    if len(runs) > 1:
+        print("seconds per iteration, side by side: " + ", ".join(
+            f"{path} {totals[(path, impls[0])]:.3f} s" for path in runs))
+        first = args.config_file[0]
+        print(f"relative to {first}: " + ", ".join(
+            f"{path} {totals[(path, impls[0])] / totals[(first, impls[0])]:.2f}" for path in args.config_file[1:]))
 
     # Optimizer step: the built (fused where supported) optimizer vs the per-parameter loop, same gradients.
-    fused = optimizer.param_groups[0].get("fused")
-    step_times = {}
-    for name, use_fused in (("built", fused), ("per-parameter", False)):
-        for g in optimizer.param_groups:
-            g["fused"] = use_fused
-        runs = []
-        for _ in range(args.repeats + 1):
-            start = time.perf_counter()
-            optimizer.step()
-            runs.append(time.perf_counter() - start)
-        step_times[name] = median(runs[1:])
-    print(f"optimizer step: built (fused={bool(fused)}) {step_times['built'] * 1e3:.1f} ms, per-parameter "
-          f"{step_times['per-parameter'] * 1e3:.1f} ms, ratio {step_times['built'] / step_times['per-parameter']:.2f}")
+    for path, (_, optimizer, _, _) in runs.items():
+        fused = optimizer.param_groups[0].get("fused")
+        step_times = {}
+        for name, use_fused in (("built", fused), ("per-parameter", False)):
+            for g in optimizer.param_groups:
+                g["fused"] = use_fused
+            step_runs = []
+            for _ in range(args.repeats + 1):
+                start = time.perf_counter()
+                optimizer.step()
+                step_runs.append(time.perf_counter() - start)
+            step_times[name] = median(step_runs[1:])
+        print(f"optimizer step{f' ({path})' if len(runs) > 1 else ''}: built (fused={bool(fused)}) "
+              f"{step_times['built'] * 1e3:.1f} ms, per-parameter {step_times['per-parameter'] * 1e3:.1f} ms, "
+              f"ratio {step_times['built'] / step_times['per-parameter']:.2f}")
 
 
 if __name__ == "__main__":

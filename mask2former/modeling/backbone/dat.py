@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
@@ -59,6 +60,65 @@ class LayerNormProxy(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class _ChannelsLastWeightGradConv2d(torch.autograd.Function):
+    """``F.conv2d`` (dilation 1) whose weight and bias gradients are computed on channels-last copies of the
+    input and the output gradient; the output and the input gradient are PyTorch's own, bit for bit."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, groups):
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (stride, padding, groups, None if bias is None else [bias.shape[0]])
+        return F.conv2d(x, weight, bias, stride, padding, 1, groups)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        stride, padding, groups, bias_sizes = ctx.conv
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        need_b = need_b and bias_sizes is not None
+
+        def conv_backward(g, inp, mask):
+            return torch.ops.aten.convolution_backward(
+                g, inp, weight, bias_sizes, stride, padding, (1, 1), False, (0, 0), groups, mask)
+
+        grad_x = conv_backward(grad, x, [True, False, False])[0] if need_x else None
+        grad_w = grad_b = None
+        if need_w or need_b:
+            cl = torch.channels_last
+            _, grad_w, grad_b = conv_backward(
+                grad.contiguous(memory_format=cl), x.contiguous(memory_format=cl), [False, need_w, need_b])
+        return grad_x, grad_w, grad_b, None, None, None
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """Depthwise ``nn.Conv2d`` (the offset network's first layer) with a fast weight gradient on the CPU.
+
+    oneDNN's depthwise weight-gradient kernel for NCHW tensors takes only 3x3 kernels: with the offset
+    networks' 5x5 (stage 3) and larger kernels it falls back to a per-group GEMM path, the largest single cost
+    of a DAT-T training step at detection sizes (docs/PERFORMANCE.md), while on channels-last tensors it runs
+    a direct kernel. So on the CPU, whenever gradients are needed, the weight and bias gradients are computed
+    from channels-last copies; the output and the input gradient are unchanged bit for bit, the weight and
+    bias gradients differ by rounding only. Same parameters and state-dict names as ``nn.Conv2d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H', W')."""
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        plain = self.padding_mode != "zeros" or self.dilation != (1, 1) or isinstance(self.padding, str)
+        if x.device.type != "cpu" or not needs_grad or plain:
+            return super().forward(x)
+        weight, bias = self.weight, self.bias
+        if torch.is_autocast_enabled("cpu"):
+            # Cast as autocast would for conv2d (floating inputs other than float64), then run without it, so
+            # that the saved tensors are the ones the convolution sees.
+            dtype = torch.get_autocast_dtype("cpu")
+            x, weight, bias = (t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64
+                               else t for t in (x, weight, bias))
+        with torch.autocast("cpu", enabled=False):
+            return _ChannelsLastWeightGradConv2d.apply(x, weight, bias, self.stride, self.padding, self.groups)
 
 
 class TransformerMLP(nn.Module):
@@ -265,7 +325,7 @@ class DAttentionBaseline(nn.Module):
         kk = _OFFSET_KERNELS[stage_idx]
         gc = self.n_group_channels
         self.conv_offset = nn.Sequential(
-            nn.Conv2d(gc, gc, kk, stride, kk // 2, groups=gc),
+            DepthwiseConv2d(gc, gc, kk, stride, kk // 2, groups=gc),
             LayerNormProxy(gc),
             nn.GELU(),
             nn.Conv2d(gc, 2, 1, 1, 0, bias=False),
