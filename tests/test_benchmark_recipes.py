@@ -29,7 +29,6 @@ def test_variants_need_unique_names_and_whole_pairs():
         tool.parse_variants([])
 
 
-@pytest.mark.slow
 def test_times_every_variant_and_converts_a_budget(tmp_path, monkeypatch, capsys):
     register_data(tmp_path)
     tiny = ["DATASETS.TRAIN", f"('{PREFIX}_train_panoptic',)", "SOLVER.IMS_PER_BATCH", "2",
