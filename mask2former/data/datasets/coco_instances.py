@@ -114,7 +114,8 @@ def check_coco_instance_json(json_file: str, data, require_categories: bool = Tr
     kinds = set()
     for i, img in enumerate(images):
         where = f"images[{i}]"
-        image_id = c.field(img, "id", where, lambda v: _is_int(v) or isinstance(v, str), "an integer id")
+        image_id = c.field(img, "id", where, lambda v: (_is_int(v) and v >= 0) or isinstance(v, str),
+                           "a non-negative integer (or string) id")
         c.field(img, "file_name", where, lambda v: isinstance(v, str) and v, "the image's file name")
         for key in ("height", "width"):
             c.field(img, key, where, lambda v: _is_int(v) and v > 0, "a positive integer")
