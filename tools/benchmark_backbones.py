@@ -35,10 +35,9 @@ BACKBONES = {
 
 
 def build_backbone(name: str):
+    import mask2former  # noqa: F401  (first: registers the backbones and quiets detectron2's import warnings)
     from detectron2.config import get_cfg
     from detectron2.modeling import build_backbone as d2_build_backbone
-
-    import mask2former  # noqa: F401  (registers the backbones)
     from mask2former import add_maskformer2_config
 
     config_file, overrides = BACKBONES[name]

@@ -24,11 +24,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from train_net import build_config  # noqa: E402  (first: imports mask2former, then detectron2 quietly)
 from detectron2.modeling import build_model  # noqa: E402
 
 from mask2former.export import ExportableMaskFormer, export_onnx  # noqa: E402
 from mask2former.engine.checkpoint import MaskFormerCheckpointer  # noqa: E402
-from train_net import build_config  # noqa: E402
 
 FORMATS = ("onnx",)
 
