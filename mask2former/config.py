@@ -61,6 +61,11 @@ def add_maskformer2_config(cfg):
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    # Ours: SOLVER.AMP.ENABLED on the CPU means bfloat16 autocast. "auto": only on CPUs with bfloat16
+    # instructions (AVX512-BF16 or AMX); elsewhere PyTorch's bfloat16 kernels are about 10x slower than float32
+    # (docs/PERFORMANCE.md, "bfloat16 on CPUs without bfloat16 instructions"), so training runs in float32.
+    # "always": bfloat16 autocast on any CPU.
+    cfg.SOLVER.AMP.CPU_BFLOAT16 = "auto"
 
     # model
     cfg.MODEL.MASK_FORMER = CN()

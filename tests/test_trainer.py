@@ -619,3 +619,29 @@ def test_tta_rejects_wrong_output_size():
     tta = SemanticSegmentorWithTTA(_tta_cfg((8,), flip=False), _Wrong(_scale))
     with pytest.raises(ValueError, match="expected \\(K, 10, 12\\)"):
         tta([{"image": torch.zeros(3, 10, 12, dtype=torch.uint8), "height": 10, "width": 12}])
+
+def test_autocast_dtype_follows_device_and_cpu(monkeypatch):
+    from detectron2.config import get_cfg
+
+    from mask2former import add_maskformer2_config
+    from mask2former.engine import trainer as trainer_module
+
+    cfg = get_cfg()
+    add_maskformer2_config(cfg)
+    assert cfg.SOLVER.AMP.CPU_BFLOAT16 == "auto"
+    assert trainer_module.autocast_dtype(cfg) is None  # AMP off
+    cfg.SOLVER.AMP.ENABLED = True
+    cfg.MODEL.DEVICE = "cuda"
+    assert trainer_module.autocast_dtype(cfg) == torch.float16
+    cfg.MODEL.DEVICE = "cpu"
+    for has_bf16, mode, expected in [(True, "auto", torch.bfloat16), (False, "auto", None),
+                                     (False, "always", torch.bfloat16), (True, "always", torch.bfloat16)]:
+        monkeypatch.setattr(trainer_module, "cpu_has_bfloat16_instructions", lambda: has_bf16)
+        cfg.SOLVER.AMP.CPU_BFLOAT16 = mode
+        assert trainer_module.autocast_dtype(cfg) == expected, (has_bf16, mode)
+    cfg.SOLVER.AMP.CPU_BFLOAT16 = "yes"
+    with pytest.raises(ValueError, match="SOLVER.AMP.CPU_BFLOAT16 must be 'auto' or 'always', got 'yes'"):
+        trainer_module.autocast_dtype(cfg)
+    cfg.MODEL.DEVICE = "mps"
+    with pytest.raises(ValueError, match="SOLVER.AMP.ENABLED supports MODEL.DEVICE cuda or cpu"):
+        trainer_module.autocast_dtype(cfg)

@@ -86,8 +86,27 @@ def test_fp32_training_lowers_the_loss_and_evaluates_all_tasks(data_root, tmp_pa
 
 
 def test_amp_bf16_training_runs_and_lowers_the_loss(data_root, tmp_path):
-    cfg = tiny_cfg(tmp_path, **{"SOLVER.MAX_ITER": 60, "SOLVER.AMP.ENABLED": True, "DATASETS.TEST": "()"})
+    # "always": bfloat16 also on CPUs without bfloat16 instructions, where "auto" would train in float32.
+    cfg = tiny_cfg(tmp_path, **{"SOLVER.MAX_ITER": 60, "SOLVER.AMP.ENABLED": True, "SOLVER.AMP.CPU_BFLOAT16": "always",
+                                "DATASETS.TEST": "()"})
     train(cfg)
     losses, _ = losses_by_iteration(tmp_path)
     assert len(losses) >= 3 and all(v == v and v < float("inf") for v in losses)
     assert losses[-1] < losses[0], losses
+
+
+@pytest.mark.parametrize("has_bf16, mode, expected", [
+    (True, "auto", "MaskFormerAMPTrainer"), (False, "auto", "MaskFormerSimpleTrainer"),
+    (False, "always", "MaskFormerAMPTrainer")])
+def test_cpu_amp_uses_bfloat16_only_where_the_cpu_has_it(data_root, tmp_path, monkeypatch, caplog, has_bf16, mode,
+                                                         expected):
+    from mask2former.engine import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "cpu_has_bfloat16_instructions", lambda: has_bf16)
+    cfg = tiny_cfg(tmp_path, **{"SOLVER.AMP.ENABLED": True, "SOLVER.AMP.CPU_BFLOAT16": mode, "DATASETS.TEST": "()"})
+    with caplog.at_level("INFO", logger="mask2former.engine.trainer"):
+        inner = MaskFormerTrainer(cfg)._trainer
+    assert type(inner).__name__ == expected
+    said = any("training in float32, since this CPU has no bfloat16 instructions" in r.getMessage()
+               for r in caplog.records)
+    assert said == (expected == "MaskFormerSimpleTrainer")

@@ -5,7 +5,7 @@ Each variant is a name and a string of config overrides (``KEY VALUE ...``, may 
 own model and optimizer, built as ``train_net.py`` builds them (same seed), and all of them train on the same
 real batches; the iterations alternate between the variants, in an order that rotates every round, so that a
 machine whose speed drifts or that other jobs share slows every variant alike. An iteration is what the trainer
-does per step without the data loader: the forward pass with the losses (under the config's autocast), the
+does per step without the data loader: the forward pass with the losses (under the autocast the trainer would use), the
 backward pass and the optimizer step. Prints the median and mean per variant and its ratio to the first
 variant, and, with ``--budget-iters N``, how many iterations of each variant cost as much as N of the first: the
 iteration counts of an equal wall-clock comparison.
@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mask2former.engine import MaskFormerTrainer as Trainer  # noqa: E402  (first: imports detectron2 quietly)
+from mask2former.engine import autocast_dtype  # noqa: E402
 from train_net import build_config  # noqa: E402
 
 WARMUP_ROUNDS = 2  # the first iterations allocate buffers and pick kernels; they are not timed
@@ -49,11 +50,10 @@ def parse_variants(pairs):
     return variants
 
 
-def train_iteration(model, optimizer, batch, amp: bool) -> float:
+def train_iteration(model, optimizer, batch, amp_dtype) -> float:
     """One training step as the trainer runs it (forward with losses, backward, optimizer step); seconds."""
     start = time.perf_counter()
-    with torch.autocast(model.device.type, dtype=torch.bfloat16 if model.device.type == "cpu" else torch.float16,
-                        enabled=amp):
+    with torch.autocast(model.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         loss = sum(model(batch).values())
     optimizer.zero_grad()
     loss.backward()
@@ -92,7 +92,7 @@ def main():
     for i, batch in enumerate(batches):
         shift = i % len(runs)
         for name, cfg, model, optimizer in runs[shift:] + runs[:shift]:
-            seconds = train_iteration(model, optimizer, batch, cfg.SOLVER.AMP.ENABLED)
+            seconds = train_iteration(model, optimizer, batch, autocast_dtype(cfg))
             if i >= WARMUP_ROUNDS:
                 times[name].append(seconds)
 

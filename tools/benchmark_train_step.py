@@ -4,7 +4,7 @@
 Builds the model, optimizer and training data loader of a config exactly as ``train_net.py`` does, takes a few
 real batches, and times each stage of an iteration (median over ``--repeats`` iterations after two warm-ups):
 backbone, pixel decoder and transformer decoder forward, criterion (matching + losses), backward, optimizer
-step; with the config's autocast setting (``SOLVER.AMP.ENABLED``: bfloat16 on a CPU). The optimizer step is
+step; with the autocast the trainer would use (``SOLVER.AMP.ENABLED``: bfloat16 on a CPU with bfloat16 instructions). The optimizer step is
 then timed again with the per-parameter AdamW loop (``fused=False``) on the same gradients. Random weights,
 or the checkpoint given as ``MODEL.WEIGHTS``. With ``--deform-attn-impls pytorch cpp`` the iterations alternate
 between the deformable-attention implementations (same model and batches; the losses of the first batch are
@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mask2former.engine import MaskFormerTrainer as Trainer  # noqa: E402  (first: imports detectron2 quietly)
+from mask2former.engine import autocast_dtype  # noqa: E402
 from mask2former.engine.checkpoint import MaskFormerCheckpointer  # noqa: E402
 from mask2former.modeling.pixel_decoder.deformable_attention import MSDeformAttn  # noqa: E402
 from train_net import build_config  # noqa: E402
@@ -33,11 +34,10 @@ from train_net import build_config  # noqa: E402
 STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "criterion", "backward", "optimizer")
 
 
-def train_step(model, optimizer, batch, amp):
+def train_step(model, optimizer, batch, amp_dtype):
     """One iteration; returns seconds per stage."""
     clock = [time.perf_counter()]
-    with torch.autocast(model.device.type, dtype=torch.bfloat16 if model.device.type == "cpu" else torch.float16,
-                        enabled=amp):
+    with torch.autocast(model.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         images = model.preprocess_image(batch)
         features = model.backbone(images.tensor)
         clock.append(time.perf_counter())
@@ -64,10 +64,9 @@ def set_deform_attn_impl(model, impl):
             m.impl = impl
 
 
-def first_batch_losses(model, batch, amp):
+def first_batch_losses(model, batch, amp_dtype):
     torch.manual_seed(0)  # the criterion samples points at random
-    with torch.no_grad(), torch.autocast(model.device.type, dtype=torch.bfloat16 if model.device.type == "cpu"
-                                         else torch.float16, enabled=amp):
+    with torch.no_grad(), torch.autocast(model.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         return {k: float(v) for k, v in model(batch).items()}
 
 
@@ -122,7 +121,7 @@ def main():
         losses = {}
         for impl in impls:
             set_deform_attn_impl(model, impl)
-            losses[impl] = first_batch_losses(model, batches[0], cfg.SOLVER.AMP.ENABLED)
+            losses[impl] = first_batch_losses(model, batches[0], autocast_dtype(cfg))
         worst = max(abs(losses[i][k] - losses[impls[0]][k]) for i in impls for k in losses[i])
         print(f"first-batch losses, largest difference between {' / '.join(impls)}: {worst:.2e} "
               f"(total {' / '.join(f'{sum(v.values()):.6f}' for v in losses.values())})")
@@ -133,7 +132,7 @@ def main():
             model, optimizer, cfg, batches = runs[path]
             if impl:
                 set_deform_attn_impl(model, impl)
-            t = train_step(model, optimizer, batches[i], cfg.SOLVER.AMP.ENABLED)
+            t = train_step(model, optimizer, batches[i], autocast_dtype(cfg))
             if i >= 2:  # two warm-ups
                 for s in STAGES:
                     times[(path, impl)][s].append(t[s])
@@ -143,7 +142,7 @@ def main():
         if impl is None or impl == impls[0]:
             params = sum(p.numel() for p in model.parameters())
             print(f"config: {path} {' '.join(args.opts)}; batch {cfg.SOLVER.IMS_PER_BATCH}, autocast "
-                  f"{cfg.SOLVER.AMP.ENABLED}, {torch.get_num_threads()} threads, median of {args.repeats}; "
+                  f"{autocast_dtype(cfg) or 'off (float32)'}, {torch.get_num_threads()} threads, median of {args.repeats}; "
                   f"{params / 1e6:.2f} M parameters ({sum(p.numel() for p in model.backbone.parameters()) / 1e6:.2f} M "
                   "in the backbone)")
         if impl:

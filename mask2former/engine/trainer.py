@@ -6,7 +6,8 @@ detectron2's ``DefaultTrainer`` that matter:
 
 * the model is wrapped in ``DistributedDataParallel`` without ``device_ids`` when it lives on the CPU
   (detectron2 0.6 always passes a GPU index, which DDP rejects for CPU modules);
-* ``SOLVER.AMP.ENABLED`` works on the CPU too (bfloat16 autocast, no gradient scaler); on CUDA it is
+* ``SOLVER.AMP.ENABLED`` works on the CPU too (bfloat16 autocast, no gradient scaler, on CPUs with bfloat16
+  instructions unless ``SOLVER.AMP.CPU_BFLOAT16`` is "always": :func:`autocast_dtype`); on CUDA it is
   float16 autocast with a gradient scaler, as in detectron2;
 * a non-finite loss stops training with an error naming the non-finite terms and the iteration;
 * the inner trainer's state (optimizer, gradient scaler) is saved in checkpoints under "_trainer"
@@ -59,6 +60,7 @@ __all__ = [
     "MaskFormerTrainer",
     "MaskFormerSimpleTrainer",
     "MaskFormerAMPTrainer",
+    "autocast_dtype",
     "check_losses_finite",
 ]
 
@@ -121,6 +123,33 @@ class MaskFormerSimpleTrainer(_BatchSource, SimpleTrainer):
         self.optimizer.step()
 
 
+def cpu_has_bfloat16_instructions() -> bool:
+    """Whether this CPU runs bfloat16 matrix products and convolutions natively (AVX512-BF16 or AMX)."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def autocast_dtype(cfg) -> Optional[torch.dtype]:
+    """
+    The autocast dtype training uses for ``cfg`` (None: float32). ``SOLVER.AMP.ENABLED``: float16 on CUDA;
+    bfloat16 on the CPU where it pays (``SOLVER.AMP.CPU_BFLOAT16`` "auto": with AVX512-BF16 or AMX; without them
+    PyTorch's bfloat16 convolutions and matrix products take reference paths about 10x slower than float32),
+    or on any CPU with "always". Other devices raise.
+    """
+    if not cfg.SOLVER.AMP.ENABLED:
+        return None
+    device_type = torch.device(cfg.MODEL.DEVICE).type
+    if device_type == "cuda":
+        return torch.float16
+    if device_type != "cpu":
+        raise ValueError(f"SOLVER.AMP.ENABLED supports MODEL.DEVICE cuda or cpu, got '{cfg.MODEL.DEVICE}'")
+    mode = cfg.SOLVER.AMP.CPU_BFLOAT16
+    if mode not in ("auto", "always"):
+        raise ValueError(f"SOLVER.AMP.CPU_BFLOAT16 must be 'auto' or 'always', got {mode!r}")
+    if mode == "always" or cpu_has_bfloat16_instructions():
+        return torch.bfloat16
+    return None
+
+
 class MaskFormerAMPTrainer(_BatchSource, AMPTrainer):
     """
     Mixed precision on CUDA (float16 autocast + gradient scaler) and on the CPU (bfloat16 autocast,
@@ -177,8 +206,14 @@ class MaskFormerTrainer(DefaultTrainer):
             broadcast_buffers=False,
             device_ids=ddp_device_ids(device_type),
         )
-        if cfg.SOLVER.AMP.ENABLED:
+        if autocast_dtype(cfg) is not None:
             self._trainer = MaskFormerAMPTrainer(model, data_loader, optimizer, device_type)
+        elif cfg.SOLVER.AMP.ENABLED:
+            logger.info(
+                "SOLVER.AMP.ENABLED: training in float32, since this CPU has no bfloat16 instructions (AVX512-BF16 "
+                "or AMX), without which bfloat16 autocast is about 10x slower; SOLVER.AMP.CPU_BFLOAT16 'always' "
+                "forces it")
+            self._trainer = MaskFormerSimpleTrainer(model, data_loader, optimizer)
         else:
             self._trainer = MaskFormerSimpleTrainer(model, data_loader, optimizer)
 
