@@ -620,6 +620,7 @@ def test_tta_rejects_wrong_output_size():
     with pytest.raises(ValueError, match="expected \\(K, 10, 12\\)"):
         tta([{"image": torch.zeros(3, 10, 12, dtype=torch.uint8), "height": 10, "width": 12}])
 
+
 def test_autocast_dtype_follows_device_and_cpu(monkeypatch):
     from detectron2.config import get_cfg
 

@@ -87,8 +87,8 @@ def test_fp32_training_lowers_the_loss_and_evaluates_all_tasks(data_root, tmp_pa
 
 def test_amp_bf16_training_runs_and_lowers_the_loss(data_root, tmp_path):
     # "always": bfloat16 also on CPUs without bfloat16 instructions, where "auto" would train in float32.
-    cfg = tiny_cfg(tmp_path, **{"SOLVER.MAX_ITER": 60, "SOLVER.AMP.ENABLED": True, "SOLVER.AMP.CPU_BFLOAT16": "always",
-                                "DATASETS.TEST": "()"})
+    cfg = tiny_cfg(tmp_path, **{"SOLVER.MAX_ITER": 60, "SOLVER.AMP.ENABLED": True,
+                                "SOLVER.AMP.CPU_BFLOAT16": "always", "DATASETS.TEST": "()"})
     train(cfg)
     losses, _ = losses_by_iteration(tmp_path)
     assert len(losses) >= 3 and all(v == v and v < float("inf") for v in losses)

@@ -5,8 +5,8 @@ Each variant is a name and a string of config overrides (``KEY VALUE ...``, may 
 own model and optimizer, built as ``train_net.py`` builds them (same seed), and all of them train on the same
 real batches; the iterations alternate between the variants, in an order that rotates every round, so that a
 machine whose speed drifts or that other jobs share slows every variant alike. An iteration is what the trainer
-does per step without the data loader: the forward pass with the losses (under the autocast the trainer would use), the
-backward pass and the optimizer step. Prints the median and mean per variant and its ratio to the first
+does per step without the data loader: the forward pass with the losses (under the autocast the trainer would
+use), the backward pass and the optimizer step. Prints the median and mean per variant and its ratio to the first
 variant, and, with ``--budget-iters N``, how many iterations of each variant cost as much as N of the first: the
 iteration counts of an equal wall-clock comparison.
 
@@ -83,7 +83,7 @@ def main():
                                                  opts=args.opts + opts + ["DATALOADER.NUM_WORKERS", 0]))
         torch.manual_seed(cfg.SEED)
         model = Trainer.build_model(cfg).train()
-        runs.append((name, cfg, model, Trainer.build_optimizer(cfg, model)))
+        runs.append((name, cfg, model, Trainer.build_optimizer(cfg, model), autocast_dtype(cfg)))
     # The switches do not change the data, so the batches of the first variant's loader serve every variant.
     loader = iter(Trainer.build_train_loader(runs[0][1]))
     batches = [next(loader) for _ in range(args.repeats + WARMUP_ROUNDS)]
@@ -91,8 +91,8 @@ def main():
     times = {name: [] for name, *_ in runs}
     for i, batch in enumerate(batches):
         shift = i % len(runs)
-        for name, cfg, model, optimizer in runs[shift:] + runs[:shift]:
-            seconds = train_iteration(model, optimizer, batch, autocast_dtype(cfg))
+        for name, _, model, optimizer, amp_dtype in runs[shift:] + runs[:shift]:
+            seconds = train_iteration(model, optimizer, batch, amp_dtype)
             if i >= WARMUP_ROUNDS:
                 times[name].append(seconds)
 

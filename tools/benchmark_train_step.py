@@ -4,11 +4,12 @@
 Builds the model, optimizer and training data loader of a config exactly as ``train_net.py`` does, takes a few
 real batches, and times each stage of an iteration (median over ``--repeats`` iterations after two warm-ups):
 backbone, pixel decoder and transformer decoder forward, criterion (matching + losses), backward, optimizer
-step; with the autocast the trainer would use (``SOLVER.AMP.ENABLED``: bfloat16 on a CPU with bfloat16 instructions). The optimizer step is
-then timed again with the per-parameter AdamW loop (``fused=False``) on the same gradients. Random weights,
-or the checkpoint given as ``MODEL.WEIGHTS``. With ``--deform-attn-impls pytorch cpp`` the iterations alternate
-between the deformable-attention implementations (same model and batches; the losses of the first batch are
-first compared under both) and a table per implementation and their ratio are printed. With several
+step; with the autocast the trainer would use (``SOLVER.AMP.ENABLED``: bfloat16 on a CPU with bfloat16
+instructions). The optimizer step is then timed again with the per-parameter AdamW loop (``fused=False``) on
+the same gradients. Random weights, or the checkpoint given as ``MODEL.WEIGHTS``. With ``--deform-attn-impls
+pytorch cpp`` the iterations alternate between the deformable-attention implementations (same model and
+batches; the losses of the first batch are first compared under both) and a table per implementation and their
+ratio are printed. With several
 ``--config-file`` values every config gets its own model, optimizer and batches, and the iterations alternate
 between the configs (A, B, C, A, B, C, ...), so that their seconds per iteration are measured side by side; the
 ``KEY VALUE`` overrides apply to all of them.
@@ -115,13 +116,14 @@ def main():
         parser.error("--deform-attn-impls with several implementations takes a single --config-file")
 
     runs = {path: build(path, args.opts, args.repeats) for path in args.config_file}
+    amp_dtypes = {path: autocast_dtype(cfg) for path, (_, _, cfg, _) in runs.items()}
     impls = args.deform_attn_impls or [None]
     if len(impls) > 1:
-        (model, _, cfg, batches), = runs.values()
+        (path, (model, _, _, batches)), = runs.items()
         losses = {}
         for impl in impls:
             set_deform_attn_impl(model, impl)
-            losses[impl] = first_batch_losses(model, batches[0], autocast_dtype(cfg))
+            losses[impl] = first_batch_losses(model, batches[0], amp_dtypes[path])
         worst = max(abs(losses[i][k] - losses[impls[0]][k]) for i in impls for k in losses[i])
         print(f"first-batch losses, largest difference between {' / '.join(impls)}: {worst:.2e} "
               f"(total {' / '.join(f'{sum(v.values()):.6f}' for v in losses.values())})")
@@ -129,10 +131,10 @@ def main():
     times = {v: {s: [] for s in STAGES} for v in variants}
     for i in range(args.repeats + 2):
         for path, impl in variants:  # alternate, so that drift of the machine hits every variant alike
-            model, optimizer, cfg, batches = runs[path]
+            model, optimizer, _, batches = runs[path]
             if impl:
                 set_deform_attn_impl(model, impl)
-            t = train_step(model, optimizer, batches[i], autocast_dtype(cfg))
+            t = train_step(model, optimizer, batches[i], amp_dtypes[path])
             if i >= 2:  # two warm-ups
                 for s in STAGES:
                     times[(path, impl)][s].append(t[s])
@@ -142,7 +144,8 @@ def main():
         if impl is None or impl == impls[0]:
             params = sum(p.numel() for p in model.parameters())
             print(f"config: {path} {' '.join(args.opts)}; batch {cfg.SOLVER.IMS_PER_BATCH}, autocast "
-                  f"{autocast_dtype(cfg) or 'off (float32)'}, {torch.get_num_threads()} threads, median of {args.repeats}; "
+                  f"{amp_dtypes[path] or 'off (float32)'}, {torch.get_num_threads()} threads, "
+                  f"median of {args.repeats}; "
                   f"{params / 1e6:.2f} M parameters ({sum(p.numel() for p in model.backbone.parameters()) / 1e6:.2f} M "
                   "in the backbone)")
         if impl:

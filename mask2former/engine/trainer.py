@@ -208,13 +208,12 @@ class MaskFormerTrainer(DefaultTrainer):
         )
         if autocast_dtype(cfg) is not None:
             self._trainer = MaskFormerAMPTrainer(model, data_loader, optimizer, device_type)
-        elif cfg.SOLVER.AMP.ENABLED:
-            logger.info(
-                "SOLVER.AMP.ENABLED: training in float32, since this CPU has no bfloat16 instructions (AVX512-BF16 "
-                "or AMX), without which bfloat16 autocast is about 10x slower; SOLVER.AMP.CPU_BFLOAT16 'always' "
-                "forces it")
-            self._trainer = MaskFormerSimpleTrainer(model, data_loader, optimizer)
         else:
+            if cfg.SOLVER.AMP.ENABLED:
+                logger.info(
+                    "SOLVER.AMP.ENABLED: training in float32, since this CPU has no bfloat16 instructions "
+                    "(AVX512-BF16 or AMX), without which bfloat16 autocast is about 10x slower; "
+                    "SOLVER.AMP.CPU_BFLOAT16 'always' forces it")
             self._trainer = MaskFormerSimpleTrainer(model, data_loader, optimizer)
 
         self._trainer.watchdog = DataStallWatchdog(cfg.DATALOADER.TIMEOUT, comm.get_rank())
