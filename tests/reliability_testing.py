@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 import torch
 
@@ -9,15 +10,38 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
 
-def run_driver(data, output, max_iter, *flags, opts=(), expect_rc=0, timeout=120):
-    """Run the fault driver; returns its combined output. Asserts its exit status."""
+def start_driver(data, output, max_iter, *flags, opts=()):
+    """Start the fault driver in a child process (one thread) and return it; see finish_driver. Its output goes
+    to a temporary file, so that a driver left running beside others never blocks on a full pipe."""
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     cmd = [sys.executable, os.path.join(HERE, "fault_driver.py"), "--data", str(data), "--output", str(output),
            "--max-iter", str(max_iter), *map(str, flags), *map(str, opts)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                          timeout=timeout)
-    assert proc.returncode == expect_rc, f"exit status {proc.returncode} (expected {expect_rc}):\n{proc.stdout[-4000:]}"
-    return proc.stdout
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+    proc.log = log
+    return proc
+
+
+def finish_driver(proc, expect_rc=0, timeout=120):
+    """Wait for a driver started by start_driver; returns its combined output. Asserts its exit status."""
+    try:
+        proc.wait(timeout=timeout)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        timed_out = True
+    proc.log.seek(0)
+    out = proc.log.read()
+    proc.log.close()
+    assert not timed_out, f"the fault driver ran past {timeout} s:\n{out[-4000:]}"
+    assert proc.returncode == expect_rc, f"exit status {proc.returncode} (expected {expect_rc}):\n{out[-4000:]}"
+    return out
+
+
+def run_driver(data, output, max_iter, *flags, opts=(), expect_rc=0, timeout=120):
+    """Run the fault driver to its end; returns its combined output. Asserts its exit status."""
+    return finish_driver(start_driver(data, output, max_iter, *flags, opts=opts), expect_rc, timeout)
 
 
 def final_weights(output):
