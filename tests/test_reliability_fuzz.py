@@ -39,7 +39,8 @@ WORK = tempfile.mkdtemp(prefix="m2f-fuzz-")  # one folder for the module (hypoth
 @pytest.fixture(scope="module", autouse=True)
 def report(request):
     yield
-    request.config.cache.set("reliability/fuzz_cases", dict(CASES))
+    if getattr(request.config, "cache", None) is not None:  # absent with -p no:cacheprovider
+        request.config.cache.set("reliability/fuzz_cases", dict(CASES))
     request.config.fuzz_cases = dict(CASES)  # printed in the terminal summary (tests/conftest.py)
 
 
