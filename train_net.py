@@ -22,6 +22,7 @@ from detectron2.utils.logger import setup_logger
 from mask2former import add_maskformer2_config, add_maskformer2_video_config
 from mask2former.data.datasets.register_folder import register_from_config
 from mask2former.engine import MaskFormerTrainer, launch
+from mask2former.utils.cpu_memory import keep_freed_cpu_memory
 
 
 Trainer = MaskFormerTrainer
@@ -51,6 +52,7 @@ def setup(args):
     cfg, fell_back = build_config(args)
     default_setup(cfg, args)
     logger = setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mask2former")
+    keep_freed_cpu_memory()  # large CPU tensors reuse freed memory instead of page-faulting it in again
     if fell_back:
         logger.warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu).")
     return cfg

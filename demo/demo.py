@@ -51,6 +51,7 @@ from mask2former import add_maskformer2_config, add_maskformer2_video_config  # 
 from detectron2.config import get_cfg  # noqa: E402  (after mask2former, which imports detectron2 quietly)
 from mask2former.data.dataset_mappers.checks import read_image  # noqa: E402
 from mask2former.data.datasets.register_folder import register_from_config  # noqa: E402
+from mask2former.utils.cpu_memory import keep_freed_cpu_memory  # noqa: E402
 
 from demo.explain import DecoderRecorder, explain, render_grid  # noqa: E402
 from demo.predictor import DEFAULT_MAX_SIDE, TASKS, DemoError, VisualizationDemo  # noqa: E402
@@ -487,6 +488,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.explain_queries < 1:
             raise DemoError(f"--explain-queries must be at least 1, got {args.explain_queries}")
         cfg, task, hint = setup_cfg(args)
+        keep_freed_cpu_memory()
         logger.info(f"task {task}, config {args.config_file}, weights {cfg.MODEL.WEIGHTS}, device {cfg.MODEL.DEVICE}")
         demo = VisualizationDemo(cfg, task, args.confidence_threshold, args.side_by_side, train_hint=hint,
                                  max_side=args.max_size)

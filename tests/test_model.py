@@ -324,3 +324,24 @@ def test_aux_sem_seg_head_trains_and_leaves_inference_and_checkpoints_alone(mode
         DetectionCheckpointer(plain).load(str(path))
     assert torch.equal(plain.state_dict()["sem_seg_head.predictor.query_feat.weight"],
                        aux.state_dict()["sem_seg_head.predictor.query_feat.weight"])
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_memory_levels_are_views_with_the_reshape_values(batch):
+    """The pixel decoder's (N, C, h, w) views of its token memory hold exactly the reshaped tokens; with one
+    image they get canonical channels-last strides (the fast upsampling path) and share the memory."""
+    from mask2former.modeling.pixel_decoder.msdeform_pixel_decoder import _channels_last_view
+
+    shapes = [(3, 5), (6, 10), (12, 20)]
+    memory = torch.randn(batch, sum(h * w for h, w in shapes), 8)
+    for z, (h, w) in zip(memory.split([h * w for h, w in shapes], dim=1), shapes):
+        tokens = z.transpose(1, 2)
+        view = _channels_last_view(tokens, h, w)
+        assert torch.equal(view, tokens.reshape(batch, 8, h, w))
+        assert view.data_ptr() == tokens.data_ptr()
+        if batch == 1:
+            assert view.stride() == (h * w * 8, 1, w * 8, 8)
+        up = torch.nn.functional.interpolate(view, scale_factor=2.0, mode="bilinear", align_corners=False)
+        ref = torch.nn.functional.interpolate(tokens.reshape(batch, 8, h, w).contiguous(
+            memory_format=torch.channels_last), scale_factor=2.0, mode="bilinear", align_corners=False)
+        assert torch.equal(up, ref)

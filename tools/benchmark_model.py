@@ -10,9 +10,17 @@ prints the per-stage times and shares side by side.
 
 With ``--deform-attn-impls`` the runs alternate between those deformable-attention implementations on the same
 model and image, a row per implementation, and the outputs of the implementations are compared.
+
+The process keeps freed CPU memory for reuse as ``train_net.py`` does (``mask2former.utils.cpu_memory``);
+``--cpu-alloc keep system`` compares that with glibc's default allocation: each measurement runs in a new process
+(the setting is process-wide), the two settings alternating, and the outputs of the two are checked to be
+bit-identical.
 """
 import argparse
+import hashlib
+import json
 import os
+import subprocess
 import sys
 import time
 
@@ -23,6 +31,7 @@ from train_net import build_config  # noqa: E402  (imports mask2former, then det
 from detectron2.modeling import build_model  # noqa: E402
 
 from mask2former.modeling.pixel_decoder.deformable_attention import MSDeformAttn  # noqa: E402
+from mask2former.utils.cpu_memory import ENV_VAR, keep_freed_cpu_memory  # noqa: E402
 
 STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "postprocess")
 
@@ -59,6 +68,57 @@ def run_stages(model, image):
     return times
 
 
+def output_digest(output):
+    """SHA-1 of an inference output's tensors (semantic logits, panoptic ids, instance masks and scores)."""
+    h = hashlib.sha1()
+    tensors = [output["sem_seg"], output["panoptic_seg"][0], output["instances"].pred_masks,
+               output["instances"].scores]
+    for t in tensors:
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def measure_in_process(args, model, size, threads):
+    """The child of --cpu-alloc comparisons: a warm-up, one timed run, and the output's digest, as JSON."""
+    h, w = (int(v) for v in size.lower().split("x"))
+    image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
+    torch.set_num_threads(threads)
+    with torch.no_grad():
+        digest = output_digest(model([{"image": image}])[0])
+        times = run_stages(model, image)
+    print(json.dumps({"times": times, "digest": digest}))
+
+
+def compare_allocators(args):
+    """Alternate new processes with each --cpu-alloc setting; print a row per setting and their ratio."""
+    modes = args.cpu_alloc
+    print(f"config: {args.config_file} (random weights, CPU); one process per measurement, settings alternating; "
+          f"median of {args.repeats}")
+    print(f"{'size':>9s} {'threads':>7s} {'alloc':>8s} " + " ".join(f"{s:>20s}" for s in STAGES) + f" {'total':>9s}")
+    for size in args.sizes:
+        for threads in args.threads:
+            runs, digests = {m: [] for m in modes}, {m: set() for m in modes}
+            for _ in range(args.repeats):
+                for mode in modes:
+                    cmd = [sys.executable, os.path.abspath(__file__), "--config-file", args.config_file,
+                           "--sizes", size, "--threads", str(threads), "--child", *args.opts]
+                    out = subprocess.run(cmd, env=dict(os.environ, **{ENV_VAR: mode}), check=True,
+                                         stdout=subprocess.PIPE, text=True).stdout
+                    result = json.loads(out.strip().splitlines()[-1])
+                    runs[mode].append(result["times"])
+                    digests[mode].add(result["digest"])
+            totals = {}
+            for mode in modes:
+                med = {s: sorted(r[s] for r in runs[mode])[len(runs[mode]) // 2] for s in STAGES}
+                total = totals[mode] = sum(med.values())
+                cells = " ".join(f"{med[s]:8.3f}s ({med[s] / total:5.1%})" for s in STAGES)
+                print(f"{size:>9s} {threads:7d} {mode:>8s} {cells} {total:8.3f}s", flush=True)
+            same = len(set().union(*digests.values())) == 1
+            print(f"{size:>9s} {threads:7d} speed-up vs {modes[0]}: " + ", ".join(
+                f"{m} {totals[modes[0]] / totals[m]:.2f}x" for m in modes[1:])
+                + f"; outputs bit-identical: {same}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", default="configs/coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml")
@@ -66,13 +126,26 @@ def main():
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--deform-attn-impls", nargs="+", choices=["auto", "pytorch", "cpp", "triton"])
+    parser.add_argument("--cpu-alloc", nargs="+", choices=["keep", "system"],
+                        help="CPU memory allocation (default: as MASK2FORMER_CPU_ALLOC says, else keep); two "
+                             "values compare them")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[])
     args = parser.parse_args()
+    if args.cpu_alloc and len(args.cpu_alloc) > 1:
+        if args.deform_attn_impls:
+            parser.error("--cpu-alloc with two settings and --deform-attn-impls: compare one thing at a time")
+        return compare_allocators(args)
+    if args.cpu_alloc:
+        os.environ[ENV_VAR] = args.cpu_alloc[0]
+    keep_freed_cpu_memory()
 
     cfg, _ = build_config(argparse.Namespace(config_file=args.config_file,
                                              opts=["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"] + args.opts))
     torch.manual_seed(0)
     model = build_model(cfg).eval()
+    if args.child:
+        return measure_in_process(args, model, args.sizes[0], args.threads[0])
     test = cfg.MODEL.MASK_FORMER.TEST
     print(f"config: {args.config_file} (random weights, CPU); semantic={test.SEMANTIC_ON} "
           f"instance={test.INSTANCE_ON} panoptic={test.PANOPTIC_ON}; median of {args.repeats} runs")

@@ -30,6 +30,7 @@ from mask2former.engine import MaskFormerTrainer as Trainer  # noqa: E402  (firs
 from mask2former.engine import autocast_dtype  # noqa: E402
 from mask2former.engine.checkpoint import MaskFormerCheckpointer  # noqa: E402
 from mask2former.modeling.pixel_decoder.deformable_attention import MSDeformAttn  # noqa: E402
+from mask2former.utils.cpu_memory import keep_freed_cpu_memory  # noqa: E402
 from train_net import build_config  # noqa: E402
 
 STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "criterion", "backward", "optimizer")
@@ -108,6 +109,7 @@ def main():
     split = next((i for i, v in enumerate(args.config_file) if not v.endswith((".yaml", ".yml", ".py"))),
                  len(args.config_file))
     args.config_file, args.opts = args.config_file[:split], args.config_file[split:] + args.opts
+    keep_freed_cpu_memory()  # as train_net.py does
     if not args.config_file:
         parser.error("--config-file: expected a config file (.yaml) before the KEY VALUE overrides")
     if len(set(args.config_file)) != len(args.config_file):

@@ -108,6 +108,21 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
         return memory, spatial_shapes, level_start_index
 
 
+def _channels_last_view(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(N, C, h * w) tokens, transposed from (N, h * w, C), -> an (N, C, h, w) view of the same memory.
+
+    The data already is channels-last. With N = 1 a plain reshape keeps the batch stride of the whole memory,
+    which is not the canonical channels-last one, and bilinear upsampling then takes its generic path (10x
+    slower at 1/8 of 512x640); the canonical stride names the same elements. (With N > 1 the batch stride is
+    that of the memory and stays.) Traced, exported and compiled graphs keep the reshape.
+    """
+    n, c, _ = tokens.shape
+    exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+    if exporting or n != 1 or tokens.stride(1) != 1 or tokens.stride(2) != c:  # exported graphs: a reshape
+        return tokens.reshape(n, c, h, w)
+    return tokens.as_strided((n, c, h, w), (h * w * c, 1, w * c, c))
+
+
 @SEM_SEG_HEADS_REGISTRY.register()
 class MSDeformAttnPixelDecoder(nn.Module):
     """Deformable-attention encoder on the coarse levels + FPN down to the common stride.
@@ -225,7 +240,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         shapes = [s.shape[-2:] for s in srcs]
         n = memory.shape[0]
         out = [
-            z.transpose(1, 2).reshape(n, -1, h, w)
+            _channels_last_view(z.transpose(1, 2), h, w)
             for z, (h, w) in zip(memory.split([h * w for h, w in shapes], dim=1), shapes)
         ]
         for idx, name in enumerate(self.in_features[: self.num_fpn_levels][::-1]):
