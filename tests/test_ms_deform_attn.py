@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mask2former.modeling.pixel_decoder.deformable_attention import MSDeformAttn
+from mask2former.modeling.pixel_decoder.deformable_attention import MSDeformAttn, sampling_locations
 from mask2former.ops import ms_deform_attn
 
 
@@ -126,3 +126,13 @@ def test_cuda_matches_the_reference_with_gradients():
     out_gpu.backward(grad.cuda())
     for cpu, gpu in zip(inputs_cpu, inputs_gpu):
         torch.testing.assert_close(gpu.grad.cpu(), cpu.grad, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("n, lq, m, levels, points", [(1, 37, 8, 3, 4), (2, 11, 3, 1, 5), (3, 5, 4, 4, 2)])
+def test_sampling_locations_are_the_broadcast_formula_bit_for_bit(n, lq, m, levels, points):
+    g = torch.Generator().manual_seed(n * 100 + levels)
+    reference = torch.rand(n, lq, levels, 2, generator=g)
+    offsets = torch.randn(n, lq, m, levels, points, 2, generator=g) * 5
+    shapes = torch.tensor([[7 + 3 * i, 9 + 2 * i] for i in range(levels)])
+    expected = reference[:, :, None, :, None, :] + offsets / shapes.flip(-1).float()[None, None, None, :, None, :]
+    assert torch.equal(sampling_locations(reference, offsets, shapes), expected)
