@@ -68,6 +68,17 @@ def run_stages(model, image):
     return times
 
 
+def print_median_rows(size, threads, runs):
+    """Print a row of median stage times per key of ``runs`` (key -> list of per-stage dicts); returns the totals."""
+    totals = {}
+    for key, rows in runs.items():
+        med = {s: sorted(r[s] for r in rows)[len(rows) // 2] for s in STAGES}
+        total = totals[key] = sum(med.values())
+        cells = " ".join(f"{med[s]:8.3f}s ({med[s] / total:5.1%})" for s in STAGES)
+        print(f"{size:>9s} {threads:7d} {key or 'config':>8s} {cells} {total:8.3f}s", flush=True)
+    return totals
+
+
 def output_digest(output):
     """SHA-1 of an inference output's tensors (semantic logits, panoptic ids, instance masks and scores)."""
     h = hashlib.sha1()
@@ -107,12 +118,7 @@ def compare_allocators(args):
                     result = json.loads(out.strip().splitlines()[-1])
                     runs[mode].append(result["times"])
                     digests[mode].add(result["digest"])
-            totals = {}
-            for mode in modes:
-                med = {s: sorted(r[s] for r in runs[mode])[len(runs[mode]) // 2] for s in STAGES}
-                total = totals[mode] = sum(med.values())
-                cells = " ".join(f"{med[s]:8.3f}s ({med[s] / total:5.1%})" for s in STAGES)
-                print(f"{size:>9s} {threads:7d} {mode:>8s} {cells} {total:8.3f}s", flush=True)
+            totals = print_median_rows(size, threads, runs)
             same = len(set().union(*digests.values())) == 1
             print(f"{size:>9s} {threads:7d} speed-up vs {modes[0]}: " + ", ".join(
                 f"{m} {totals[modes[0]] / totals[m]:.2f}x" for m in modes[1:])
@@ -179,12 +185,7 @@ def main():
                         t = run_stages(model, image)
                         if i:
                             runs[impl].append(t)
-            totals = {}
-            for impl in impls:
-                med = {s: sorted(r[s] for r in runs[impl])[len(runs[impl]) // 2] for s in STAGES}
-                total = totals[impl] = sum(med.values())
-                cells = " ".join(f"{med[s]:8.3f}s ({med[s] / total:5.1%})" for s in STAGES)
-                print(f"{size:>9s} {threads:7d} {impl or 'config':>8s} {cells} {total:8.3f}s", flush=True)
+            totals = print_median_rows(size, threads, runs)
             if len(impls) > 1:
                 print(f"{size:>9s} {threads:7d} speed-up vs {impls[0]}: " + ", ".join(
                     f"{i} {totals[impls[0]] / totals[i]:.2f}x" for i in impls[1:]), flush=True)
