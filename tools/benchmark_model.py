@@ -68,15 +68,19 @@ def run_stages(model, image):
     return times
 
 
-def print_median_rows(size, threads, runs):
-    """Print a row of median stage times per key of ``runs`` (key -> list of per-stage dicts); returns the totals."""
+def print_median_rows(size, threads, runs, note=""):
+    """Print a row of median stage times per key of ``runs`` (key -> list of per-stage dicts) and, with several
+    keys, each one's speed-up against the first, followed by ``note``."""
     totals = {}
     for key, rows in runs.items():
         med = {s: sorted(r[s] for r in rows)[len(rows) // 2] for s in STAGES}
         total = totals[key] = sum(med.values())
         cells = " ".join(f"{med[s]:8.3f}s ({med[s] / total:5.1%})" for s in STAGES)
         print(f"{size:>9s} {threads:7d} {key or 'config':>8s} {cells} {total:8.3f}s", flush=True)
-    return totals
+    keys = list(runs)
+    if len(keys) > 1:
+        print(f"{size:>9s} {threads:7d} speed-up vs {keys[0]}: " + ", ".join(
+            f"{k} {totals[keys[0]] / totals[k]:.2f}x" for k in keys[1:]) + note, flush=True)
 
 
 def output_digest(output):
@@ -89,7 +93,7 @@ def output_digest(output):
     return h.hexdigest()
 
 
-def measure_in_process(args, model, size, threads):
+def measure_in_process(model, size, threads):
     """The child of --cpu-alloc comparisons: a warm-up, one timed run, and the output's digest, as JSON."""
     h, w = (int(v) for v in size.lower().split("x"))
     image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
@@ -118,11 +122,8 @@ def compare_allocators(args):
                     result = json.loads(out.strip().splitlines()[-1])
                     runs[mode].append(result["times"])
                     digests[mode].add(result["digest"])
-            totals = print_median_rows(size, threads, runs)
             same = len(set().union(*digests.values())) == 1
-            print(f"{size:>9s} {threads:7d} speed-up vs {modes[0]}: " + ", ".join(
-                f"{m} {totals[modes[0]] / totals[m]:.2f}x" for m in modes[1:])
-                + f"; outputs bit-identical: {same}", flush=True)
+            print_median_rows(size, threads, runs, note=f"; outputs bit-identical: {same}")
 
 
 def main():
@@ -151,7 +152,7 @@ def main():
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     if args.child:
-        return measure_in_process(args, model, args.sizes[0], args.threads[0])
+        return measure_in_process(model, args.sizes[0], args.threads[0])
     test = cfg.MODEL.MASK_FORMER.TEST
     print(f"config: {args.config_file} (random weights, CPU); semantic={test.SEMANTIC_ON} "
           f"instance={test.INSTANCE_ON} panoptic={test.PANOPTIC_ON}; median of {args.repeats} runs")
@@ -185,10 +186,7 @@ def main():
                         t = run_stages(model, image)
                         if i:
                             runs[impl].append(t)
-            totals = print_median_rows(size, threads, runs)
-            if len(impls) > 1:
-                print(f"{size:>9s} {threads:7d} speed-up vs {impls[0]}: " + ", ".join(
-                    f"{i} {totals[impls[0]] / totals[i]:.2f}x" for i in impls[1:]), flush=True)
+            print_median_rows(size, threads, runs)
 
 if __name__ == "__main__":
     main()

@@ -118,7 +118,7 @@ def _channels_last_view(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """
     n, c, _ = tokens.shape
     exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
-    if exporting or n != 1 or tokens.stride(1) != 1 or tokens.stride(2) != c:  # exported graphs: a reshape
+    if exporting or n != 1 or tokens.stride(1) != 1 or tokens.stride(2) != c:
         return tokens.reshape(n, c, h, w)
     return tokens.as_strided((n, c, h, w), (h * w * c, 1, w * c, c))
 
