@@ -188,5 +188,6 @@ def main():
                             runs[impl].append(t)
             print_median_rows(size, threads, runs)
 
+
 if __name__ == "__main__":
     main()
