@@ -96,6 +96,17 @@ def add_maskformer2_config(cfg):
     mf.ONE_TO_MANY.NUM_QUERIES = 0
     mf.ONE_TO_MANY.K = 6
     mf.ONE_TO_MANY.WEIGHT = 1.0
+    # Ours: a small CNN classifying square image crops around each mask's box into the thing classes, trained
+    # on the ground-truth boxes with loss weight WEIGHT (0 = off: no extra parameters, as official); at inference
+    # it refines each query's distribution over the thing classes (mask2former/modeling/heads/crop_classifier.py,
+    # docs/RESULTS.md, "Classes from box crops"). Crops of SIZE pixels, the box's longer side grown by CONTEXT,
+    # at most MAX_CROPS per training batch; WIDTHS are the channels of its three stages.
+    mf.CROP_CLASSIFIER = CN()
+    mf.CROP_CLASSIFIER.WEIGHT = 0.0
+    mf.CROP_CLASSIFIER.SIZE = 32
+    mf.CROP_CLASSIFIER.WIDTHS = [32, 64, 128]
+    mf.CROP_CLASSIFIER.CONTEXT = 0.15
+    mf.CROP_CLASSIFIER.MAX_CROPS = 64
     mf.NHEADS = 8
     mf.DROPOUT = 0.1
     mf.DIM_FEEDFORWARD = 2048

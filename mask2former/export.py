@@ -32,6 +32,7 @@ class ExportableMaskFormer(nn.Module):
         self.register_buffer("pixel_mean", model.pixel_mean.detach().clone().view(1, -1, 1, 1), False)
         self.register_buffer("pixel_std", model.pixel_std.detach().clone().view(1, -1, 1, 1), False)
         self.size_divisibility = int(model.size_divisibility)
+        self.crop_classifier = getattr(model, "crop_classifier", None)
 
     def forward(self, image: torch.Tensor):
         x = (image - self.pixel_mean) / self.pixel_std
@@ -41,7 +42,10 @@ class ExportableMaskFormer(nn.Module):
             # zeros after normalisation, as ImageList.from_tensors pads
             x = F.pad(x, (0, (d - w % d) % d, 0, (d - h % d) % d))
         outputs = self.sem_seg_head(self.backbone(x))
-        return outputs["pred_logits"], outputs["pred_masks"]
+        logits = outputs["pred_logits"]
+        if self.crop_classifier is not None:  # MODEL.MASK_FORMER.CROP_CLASSIFIER: log-probabilities, as in inference
+            logits = self.crop_classifier.refine(x, logits, outputs["pred_masks"])
+        return logits, outputs["pred_masks"]
 
 
 def export_onnx(model: nn.Module, path: str, height: int, width: int, opset: int = 17) -> None:

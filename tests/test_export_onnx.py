@@ -95,3 +95,18 @@ def test_official_r50_coco_panoptic_at_512x640(tmp_path):
     assert path == str(tmp_path / "model.onnx")
     result = export_model.check_onnx(model, path, 512, 640)
     assert result["pred_logits"] < ATOL and result["pred_masks"] < ATOL, result
+
+
+def test_crop_classifier_is_in_the_graph(tmp_path):
+    """With MODEL.MASK_FORMER.CROP_CLASSIFIER on, the graph's pred_logits are the refined log-probabilities."""
+    from test_crop_classifier import ON, _model
+
+    model = _model(**ON).eval()
+    path = str(tmp_path / "model.onnx")
+    export_onnx(model, path, 64, 96)
+    image = torch.rand(1, 3, 64, 96) * 255
+    with torch.no_grad():
+        expected = model.predict_queries([{"image": image[0]}], upsample=False)[0]
+    logits, masks = run(path, image)
+    torch.testing.assert_close(masks[0], expected["pred_masks"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(logits[0], expected["pred_logits"], atol=ATOL, rtol=0)

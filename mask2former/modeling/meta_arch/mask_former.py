@@ -1,5 +1,5 @@
 """The ``MaskFormer`` meta-architecture: backbone -> pixel decoder -> transformer decoder -> masks + classes."""
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +12,7 @@ from detectron2.utils.memory import retry_if_cuda_oom
 from torch import nn
 
 from ..criterion import build_criterion
+from ..heads.crop_classifier import CropClassifier
 from ..postprocessing import MaskUpsampler, instance_inference, panoptic_inference, semantic_inference
 
 
@@ -41,7 +42,8 @@ class MaskFormer(nn.Module):
                  object_mask_threshold: float, overlap_threshold: float, metadata, size_divisibility: int,
                  sem_seg_postprocess_before_inference: bool, pixel_mean: Tuple[float], pixel_std: Tuple[float],
                  semantic_on: bool, panoptic_on: bool, instance_on: bool, test_topk_per_image: int,
-                 instance_score_threshold: float = 0.0, instance_nms_threshold: float = 1.0):
+                 instance_score_threshold: float = 0.0, instance_nms_threshold: float = 1.0,
+                 crop_classifier: Optional[CropClassifier] = None, crop_classifier_weight: float = 0.0):
         super().__init__()
         # Channels-last convolutions are faster on CPUs (docs/PERFORMANCE.md, "Training step"). Only the layout
         # changes; preprocess_image hands the backbone the same layout.
@@ -70,6 +72,9 @@ class MaskFormer(nn.Module):
                 "MODEL.MASK_FORMER.TEST.PANOPTIC_ON needs the dataset metadata "
                 "'thing_dataset_id_to_contiguous_id' (which classes are things); the dataset named by "
                 "DATASETS.TRAIN[0] (or DATASETS.TEST[0]) has none")
+        # Ours, off by default: thing classes refined by a classifier of each mask's box crop.
+        self.crop_classifier = crop_classifier
+        self.crop_classifier_weight = crop_classifier_weight
 
     @classmethod
     def from_config(cls, cfg):
@@ -95,7 +100,24 @@ class MaskFormer(nn.Module):
             "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "instance_score_threshold": test.INSTANCE_SCORE_THRESH,
             "instance_nms_threshold": test.INSTANCE_NMS_THRESH,
+            **cls.crop_classifier_from_config(cfg),
         }
+
+    @staticmethod
+    def crop_classifier_from_config(cfg):
+        cc = cfg.MODEL.MASK_FORMER.CROP_CLASSIFIER
+        if cc.WEIGHT < 0:
+            raise ValueError(f"MODEL.MASK_FORMER.CROP_CLASSIFIER.WEIGHT must be >= 0 (0 = off), got {cc.WEIGHT}")
+        if cc.WEIGHT == 0:
+            return {}
+        metadata = dataset_metadata(cfg)
+        thing_map = getattr(metadata, "thing_dataset_id_to_contiguous_id", None) if metadata is not None else None
+        if not thing_map:
+            raise ValueError("MODEL.MASK_FORMER.CROP_CLASSIFIER.WEIGHT > 0 needs thing classes: the dataset named by "
+                             "DATASETS.TRAIN[0] (or DATASETS.TEST[0]) has no 'thing_dataset_id_to_contiguous_id'")
+        head = CropClassifier(sorted(thing_map.values()), cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, size=cc.SIZE,
+                              widths=tuple(cc.WIDTHS), context=cc.CONTEXT, max_crops=cc.MAX_CROPS)
+        return {"crop_classifier": head, "crop_classifier_weight": cc.WEIGHT}
 
     @property
     def device(self):
@@ -133,13 +155,17 @@ class MaskFormer(nn.Module):
         outputs = self.sem_seg_head(self.backbone(images.tensor), targets=targets)
         losses = self.criterion(outputs, targets)
         weights = self.criterion.weight_dict
-        return {k: v * weights[k] for k, v in losses.items() if k in weights}
+        losses = {k: v * weights[k] for k, v in losses.items() if k in weights}
+        if self.crop_classifier is not None:
+            losses["loss_crop_cls"] = self.crop_classifier.loss(images.tensor, targets) * self.crop_classifier_weight
+        return losses
 
     def predict_queries(self, batched_inputs, upsample=True):
         """The decoder's final query predictions, before any post-processing.
 
         Returns:
-            per image a dict with "pred_logits" (Q, K+1) class logits, "pred_masks" (Q, H', W') mask logits
+            per image a dict with "pred_logits" (Q, K+1) class logits (log-probabilities, with the thing
+            classes refined, when MODEL.MASK_FORMER.CROP_CLASSIFIER is on), "pred_masks" (Q, H', W') mask logits
             upsampled to the padded batch size (H', W') (with ``upsample=False``: at the decoder's resolution,
             1/4 of it), "padded_size" (H', W') and "image_size" (h, w) of the unpadded input in it.
         """
@@ -147,6 +173,9 @@ class MaskFormer(nn.Module):
         outputs = self.sem_seg_head(self.backbone(images.tensor))
         padded_size = tuple(images.tensor.shape[-2:])
         mask_pred_results = outputs["pred_masks"]
+        if self.crop_classifier is not None:
+            outputs["pred_logits"] = self.crop_classifier.refine(images.tensor, outputs["pred_logits"],
+                                                                 mask_pred_results)
         if upsample:
             mask_pred_results = F.interpolate(mask_pred_results, size=padded_size, mode="bilinear",
                                               align_corners=False)

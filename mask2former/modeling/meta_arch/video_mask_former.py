@@ -61,6 +61,9 @@ class VideoMaskFormer(MaskFormer):
 
     @classmethod
     def from_config(cls, cfg):
+        if cfg.MODEL.MASK_FORMER.CROP_CLASSIFIER.WEIGHT > 0:
+            raise ValueError("MODEL.MASK_FORMER.CROP_CLASSIFIER.WEIGHT > 0 is for image models; the video model "
+                             "classifies each instance over all its frames (set it to 0)")
         ret = MaskFormer.from_config(cfg)
         test = cfg.MODEL.MASK_FORMER.TEST
         ret.update({
