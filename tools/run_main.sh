@@ -6,7 +6,7 @@
 #
 #   bash tools/run_main.sh                   # the 10-minute run (500 iterations)
 #   bash tools/run_main.sh --long            # the documented run (5000 iterations, about an hour, docs/RESULTS.md)
-#   bash tools/run_main.sh KEY VALUE ...     # extra config overrides for train_net.py
+#   bash tools/run_main.sh KEY VALUE ...     # extra config overrides for train_net.py and the demo
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -28,7 +28,7 @@ echo "[main] training $CONFIG from scratch on the CPU -> $OUT"
 echo "[main] drawing predictions for 8 validation images -> $OUT/vis"
 mapfile -t VAL < <(ls "$DETECTRON2_DATASETS"/shapes_world/images/val/*.jpg | head -n 8)
 "$PY" demo/demo.py --config-file "$CONFIG" --input "${VAL[@]}" --output "$OUT/vis" --side-by-side \
-    --opts MODEL.WEIGHTS "$OUT/model_final.pth" OUTPUT_DIR "$OUT"
+    --opts "$@" MODEL.WEIGHTS "$OUT/model_final.pth" OUTPUT_DIR "$OUT"
 
 "$PY" tools/plot_metrics.py "$OUT/metrics.json" -o "$OUT/curves.png" --title "shapes world panoptic, from scratch"
 echo "[main] done. Metrics: $OUT/metrics.json and $OUT/log.txt; pictures: $OUT/vis/ and $OUT/curves.png"
