@@ -63,8 +63,8 @@ class CropClassifier(nn.Module):
         """(B, 3, SIZE, SIZE) square crops around boxes (B, 4) of images[image_index] (N, 3, H, W)."""
         from torchvision.ops import roi_align
 
-        rois = torch.cat([image_index[:, None].to(boxes), square_boxes(boxes, self.context)], 1)
-        return roi_align(images.float().contiguous(), rois.float(), self.size, spatial_scale=1.0, sampling_ratio=2,
+        rois = torch.cat([image_index[:, None].float(), square_boxes(boxes.float(), self.context)], 1)
+        return roi_align(images.float().contiguous(), rois, self.size, spatial_scale=1.0, sampling_ratio=2,
                          aligned=True)
 
     def loss(self, images: torch.Tensor, targets: List[dict]) -> torch.Tensor:
