@@ -19,12 +19,14 @@ from detectron2.structures import Instances
 from panopticapi.utils import rgb2id
 
 import mask2former  # noqa: F401  (registers the default shapes world names)
-from mask2former.data.datasets.register_shapes_world import register_shapes_world, shapes_world_metadata
+from mask2former.data.datasets.register_shapes_world import DENSE_PARAMS, register_shapes_world, shapes_world_metadata
 from mask2former.data.synthetic.shapes_world import (
     MARKER_FILE,
     SHAPE_KINDS,
     ShapesWorldFolderError,
+    SCENE_DEFAULTS,
     ensure_shapes_world,
+    generate_image,
     main,
     instance_palette,
     render_shape,
@@ -227,6 +229,10 @@ def test_evaluators_score_ground_truth_100(registered, tmp_path):
         (["--min-size", "16", "--max-size", "32"], "--min-size"),
         (["--num-train", "two"], "--num-train"),
         (["--workers", "0"], "--workers"),
+        (["--min-shapes", "0"], "--min-shapes"),
+        (["--min-shapes", "9", "--max-shapes", "4"], "--min-shapes"),
+        (["--largest-shape", "1.5"], "--largest-shape"),
+        (["--texture-scale", "0"], "--texture-scale"),
     ],
 )
 def test_cli_rejects_bad_arguments(tmp_path, capsys, args, flag):
@@ -354,3 +360,52 @@ def test_colour_does_not_identify_the_class():
     assert all(len(c) >= 2 for c in colours.values())
     shared = [k for k in colours for other in colours if other != k and colours[k] & colours[other]]
     assert len(shared) >= 4
+
+
+def test_second_world_has_more_and_smaller_shapes_and_coarser_textures():
+    assert MetadataCatalog.get("shapes_world_dense_val_panoptic").panoptic_json.endswith(
+        os.path.join("shapes_world_dense", "annotations", "panoptic_val.json")
+    )
+    counts, sides = {}, {}
+    for name, scene in (("default", None), ("dense", DENSE_PARAMS)):
+        counts[name], sides[name] = [], []
+        for i in range(12):
+            sample = generate_image(np.random.default_rng(i), 192, 192, scene)
+            things = [s["mask"].sum() for s in sample["segments"] if s["isthing"]]
+            counts[name].append(len(things))
+            sides[name] += [float(np.sqrt(a)) for a in things]
+    assert np.mean(counts["dense"]) > 1.5 * np.mean(counts["default"])
+    assert np.median(sides["dense"]) < np.median(sides["default"])
+    assert max(sides["dense"]) <= 0.25 * 192  # sizes are diameters, at most a quarter of the side
+    # the same draw with magnified textures: the stuff layout is the same, its fine detail coarser
+    fine = generate_image(np.random.default_rng(0), 160, 160, {"min_shapes": 1, "max_shapes": 1, "largest_shape": 0.05})
+    coarse = generate_image(np.random.default_rng(0), 160, 160, {"min_shapes": 1, "max_shapes": 1, "largest_shape": 0.05,
+                                                                  "texture_scale": 2.0})
+    assert (fine["semantic"] == coarse["semantic"]).mean() > 0.9
+
+    def detail(image):
+        gray = image.astype(np.float32).mean(-1)
+        return np.abs(np.diff(gray, axis=0)).mean() + np.abs(np.diff(gray, axis=1)).mean()
+
+    assert detail(coarse["image"]) < 0.8 * detail(fine["image"])
+
+
+def test_scene_parameters_are_recorded_and_older_folders_keep_working(tmp_path):
+    small = dict(num_train=2, num_val=1, seed=1, min_size=64, max_size=96, show_progress=False)
+    folder = ensure_shapes_world(tmp_path / "sw", **small)
+    marker = folder / MARKER_FILE
+    info = json.loads(marker.read_text())
+    assert {k: info["params"][k] for k in SCENE_DEFAULTS} == SCENE_DEFAULTS
+    # a folder written before the scene statistics were parameters holds the defaults: reused as it is
+    for key in SCENE_DEFAULTS:
+        del info["params"][key]
+    marker.write_text(json.dumps(info))
+    original = _files(folder)
+    ensure_shapes_world(folder, **small)
+    assert _files(folder) == original
+    # ... and is not mistaken for the second world
+    with pytest.raises(ShapesWorldFolderError, match=r"max_shapes: folder has 14, requested 24"):
+        ensure_shapes_world(folder, **small, **DENSE_PARAMS)
+    with pytest.raises(ValueError, match="--largest-shape"):
+        ensure_shapes_world(tmp_path / "x", **small, largest_shape=0.0)
+    assert _files(folder) == original

@@ -7,7 +7,14 @@ Registers the generated "shapes world" dataset (see shapes_world.py) on ``import
     shapes_world_{train,val}_instance   COCO instance dicts (load_coco_instance_json); evaluator_type "coco"
     shapes_world_{train,val}_sem_seg    semantic dicts from load_sem_seg; evaluator_type "sem_seg"
 
-The data lives in ``$DETECTRON2_DATASETS/shapes_world`` (default ``datasets/shapes_world``). Registering
+and the same names with the prefix ``shapes_world_dense`` for a second world with other statistics, drawn by the
+same generator with other parameters (``DENSE_PARAMS``): 8-24 shapes per image instead of 3-14, at most a quarter
+of the shorter image side instead of a half (so more and smaller objects), and textures magnified twice, so that
+bricks, waves and grains are about as large as the small shapes. It is there to check that a training recipe
+chosen on the default world is not tuned to its statistics.
+
+The data lives in ``$DETECTRON2_DATASETS/shapes_world`` (default ``datasets/shapes_world``; the second world in
+``shapes_world_dense``). Registering
 generates nothing: the first ``DatasetCatalog.get`` of any of these names generates the folder (the default
 3000 + 50 images take about a minute on 2 cores, 250 MB), later calls reuse it. Evaluators that read
 annotation files in their constructor (COCOEvaluator reads ``json_file``) need the data to exist: build the
@@ -35,7 +42,9 @@ from ..synthetic.shapes_world import (
 )
 from .coco_instances import load_coco_instance_json
 
-__all__ = ["register_shapes_world", "shapes_world_metadata"]
+__all__ = ["DENSE_PARAMS", "register_shapes_world", "shapes_world_metadata"]
+
+DENSE_PARAMS = {"min_shapes": 8, "max_shapes": 24, "largest_shape": 0.25, "texture_scale": 2.0}
 
 
 def shapes_world_metadata() -> dict:
@@ -83,13 +92,21 @@ def register_shapes_world(
     seed: int = DEFAULT_PARAMS["seed"],
     min_size: int = DEFAULT_PARAMS["min_size"],
     max_size: int = DEFAULT_PARAMS["max_size"],
+    min_shapes: int = DEFAULT_PARAMS["min_shapes"],
+    max_shapes: int = DEFAULT_PARAMS["max_shapes"],
+    largest_shape: float = DEFAULT_PARAMS["largest_shape"],
+    texture_scale: float = DEFAULT_PARAMS["texture_scale"],
 ) -> List[str]:
     """
     Register ``{prefix}_{train,val}_{panoptic,instance,sem_seg}`` for the data in ``root/dirname``, generated
-    with the given parameters on first use. Nothing is generated or read here. Returns the registered names.
+    with the given parameters on first use (:func:`ensure_shapes_world`). Nothing is generated or read here.
+    Returns the registered names.
     """
     folder = os.path.join(root, dirname)
-    params = dict(num_train=num_train, num_val=num_val, seed=seed, min_size=min_size, max_size=max_size)
+    params = dict(
+        num_train=num_train, num_val=num_val, seed=seed, min_size=min_size, max_size=max_size,
+        min_shapes=min_shapes, max_shapes=max_shapes, largest_shape=largest_shape, texture_scale=texture_scale,
+    )
     meta = shapes_world_metadata()
     names = []
     for split in SPLITS:
@@ -138,3 +155,6 @@ def register_shapes_world(
 
 
 register_shapes_world(os.getenv("DETECTRON2_DATASETS", "datasets"))
+register_shapes_world(
+    os.getenv("DETECTRON2_DATASETS", "datasets"), prefix="shapes_world_dense", dirname="shapes_world_dense", **DENSE_PARAMS
+)

@@ -209,12 +209,26 @@ def stuff_texture(name: str, rng: np.random.Generator, height: int, width: int) 
     return STUFF_TEXTURES[name](rng, height, width).astype(np.float32)
 
 
+def _scaled_texture(name: str, rng: np.random.Generator, height: int, width: int, scale: float) -> np.ndarray:
+    if scale == 1.0:
+        return stuff_texture(name, rng, height, width)
+    h, w = max(1, round(height / scale)), max(1, round(width / scale))
+    interpolation = cv2.INTER_LINEAR if scale > 1.0 else cv2.INTER_AREA  # area averaging when shrinking: no aliasing
+    return cv2.resize(stuff_texture(name, rng, h, w), (width, height), interpolation=interpolation)
+
+
 def stuff_background(
-    rng: np.random.Generator, height: int, width: int, stuff_names: Sequence[str] = tuple(STUFF_TEXTURES)
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    stuff_names: Sequence[str] = tuple(STUFF_TEXTURES),
+    texture_scale: float = 1.0,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """
     Partition an image into irregular regions of 2-4 stuff classes (argmax of smoothed noise fields) and
     texture them. A 2 px band along region boundaries blends both textures and is labelled -1 (ignore).
+    ``texture_scale`` magnifies the textures' features (bricks, waves, blades, grains) by that factor: they are
+    drawn at 1 / texture_scale of the image size and resized to it.
 
     Returns:
         image: (height, width, 3) float32 RGB.
@@ -235,7 +249,7 @@ def stuff_background(
     region = fields.argmax(axis=0).astype(np.uint8)
     image = np.zeros((height, width, 3), np.float32)
     for j, c in enumerate(chosen):
-        np.copyto(image, stuff_texture(stuff_names[c], rng, height, width), where=(region == j)[..., None])
+        np.copyto(image, _scaled_texture(stuff_names[c], rng, height, width, texture_scale), where=(region == j)[..., None])
     kernel = np.ones((3, 3), np.uint8)
     band = cv2.dilate(region, kernel) != cv2.erode(region, kernel)
     image[band] = cv2.GaussianBlur(image, (5, 5), 0)[band]

@@ -15,7 +15,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +38,13 @@ def file_sizes(folder: Path) -> Dict[str, int]:
     return dict(sorted(sizes.items()))
 
 
-def folder_state(folder: Path, params: dict, *, what: str, layout_entries: Iterable[str]) -> Tuple[str, str]:
+def folder_state(
+    folder: Path, params: dict, *, what: str, layout_entries: Iterable[str], implied: Optional[dict] = None
+) -> Tuple[str, str]:
     """("missing" | "complete" | "partial", reason) of a generated folder for ``params``.
+
+    ``implied`` gives the values of parameters that were added to a generator later: a marker without such a
+    key was written with that value, so older folders stay valid.
 
     Raises GeneratedFolderError for data generated with other parameters, or for entries the generator does not
     write (``layout_entries`` are the top-level names it does) in a folder it would have to replace.
@@ -62,6 +67,7 @@ def folder_state(folder: Path, params: dict, *, what: str, layout_entries: Itera
         except (OSError, ValueError, KeyError, TypeError) as e:
             reason = f"unreadable {MARKER_FILE} ({e})"
         else:
+            recorded = {**(implied or {}), **recorded}
             diffs = [
                 f"{key}: folder has {recorded.get(key)!r}, requested {value!r}"
                 for key, value in params.items()
@@ -100,6 +106,7 @@ def ensure_generated_folder(
     generator: str,
     what: str,
     layout_entries: Iterable[str],
+    implied: Optional[dict] = None,
 ) -> Tuple[Path, bool]:
     """Make ``folder`` hold a complete set made with ``params``; return (folder, whether it was written now).
 
@@ -107,7 +114,7 @@ def ensure_generated_folder(
     """
     folder = Path(folder)
     layout_entries = tuple(layout_entries)
-    state, reason = folder_state(folder, params, what=what, layout_entries=layout_entries)
+    state, reason = folder_state(folder, params, what=what, layout_entries=layout_entries, implied=implied)
     if state == "complete":
         return folder, False
     if state == "partial":
@@ -121,7 +128,7 @@ def ensure_generated_folder(
         with open(tmp / MARKER_FILE, "w") as f:
             json.dump(marker, f, indent=1)
         # Another process may have finished the same set meanwhile.
-        state, _ = folder_state(folder, params, what=what, layout_entries=layout_entries)
+        state, _ = folder_state(folder, params, what=what, layout_entries=layout_entries, implied=implied)
         if state == "complete":
             return folder, False
         if state == "partial":
@@ -129,7 +136,8 @@ def ensure_generated_folder(
         try:
             os.rename(tmp, folder)
         except OSError:
-            if folder_state(folder, params, what=what, layout_entries=layout_entries)[0] != "complete":
+            state, _ = folder_state(folder, params, what=what, layout_entries=layout_entries, implied=implied)
+            if state != "complete":
                 raise
     finally:
         if tmp.exists():

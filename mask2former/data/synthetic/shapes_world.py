@@ -76,6 +76,7 @@ __all__ = [
     "IGNORE_LABEL",
     "LABEL_DIVISOR",
     "SHAPE_KINDS",
+    "SCENE_DEFAULTS",
     "SPLITS",
     "STUFF_TEXTURES",
     "ShapeInstance",
@@ -95,6 +96,7 @@ __all__ = [
     "stuff_background",
     "stuff_texture",
     "validate_params",
+    "validate_scene",
 ]
 
 METADATA_FILE = Path(__file__).resolve().parents[1] / "metadata" / "shapes_world.json"
@@ -105,12 +107,14 @@ IGNORE_LABEL = 255
 LABEL_DIVISOR = 1000  # panoptic segment id = dataset category id * LABEL_DIVISOR + instance number
 SPLITS = ("train", "val")
 LAYOUT_ENTRIES = ("images", "panoptic", "semantic", "annotations", MARKER_FILE)
-DEFAULT_PARAMS = {"num_train": 3000, "num_val": 50, "seed": 0, "min_size": 256, "max_size": 384}
+# Scene statistics, also generator parameters (a second world with other statistics: register_shapes_world.py).
+# Folders written before these were parameters hold these values.
+SCENE_DEFAULTS = {"min_shapes": 3, "max_shapes": 14, "largest_shape": 0.5, "texture_scale": 1.0}
+DEFAULT_PARAMS = {"num_train": 3000, "num_val": 50, "seed": 0, "min_size": 256, "max_size": 384, **SCENE_DEFAULTS}
 MIN_IMAGE_SIZE = 64
 JPEG_QUALITY = 95
 
 # Scene sampling.
-NUM_SHAPES_RANGE = (3, 14)
 NEAR_PLACEMENT_PROB = 0.5  # place next to an earlier shape (touching or overlapping it)
 PLACEMENT_TRIES = 8
 MIN_VISIBLE_AREA = 16  # every shape keeps at least this many visible pixels ...
@@ -186,10 +190,13 @@ def sample_shapes(
     width: int,
     kinds: Sequence[str] = SHAPE_KINDS,
     palette: Optional[np.ndarray] = None,
+    num_shapes: Tuple[int, int] = (SCENE_DEFAULTS["min_shapes"], SCENE_DEFAULTS["max_shapes"]),
+    largest_shape: float = SCENE_DEFAULTS["largest_shape"],
 ) -> Tuple[List[ShapeInstance], List[np.ndarray]]:
     """
-    Sample 3-14 shapes in painter's order (later ones on top). Sizes are log-uniform from 8 px to half the
-    shorter image side; about half the shapes are placed against an earlier shape (touching or overlapping).
+    Sample ``num_shapes`` (lowest, highest; default 3-14) shapes in painter's order (later ones on top). Sizes are
+    log-uniform from 8 px to ``largest_shape`` (default half) of the shorter image side; about half the shapes are
+    placed against an earlier shape (touching or overlapping).
     A placement is retried when it would leave an earlier shape less than MIN_VISIBLE_AREA px or
     MIN_VISIBLE_FRACTION of its area visible; a shape with no valid placement is dropped.
 
@@ -198,8 +205,8 @@ def sample_shapes(
         masks: their full (unoccluded, clipped to the image) bool (height, width) masks.
     """
     palette = instance_palette() if palette is None else np.asarray(palette, np.float32)
-    n = int(rng.integers(NUM_SHAPES_RANGE[0], NUM_SHAPES_RANGE[1] + 1))
-    largest = max(SMALLEST_SHAPE, 0.5 * min(height, width))
+    n = int(rng.integers(num_shapes[0], num_shapes[1] + 1))
+    largest = max(SMALLEST_SHAPE, largest_shape * min(height, width))
     sizes = np.exp(rng.uniform(math.log(SMALLEST_SHAPE), math.log(largest), n))
     kind_ids = rng.integers(len(kinds), size=n)
     order = np.argsort(-np.log(sizes) + rng.normal(0.0, 0.5, n), kind="stable")  # mostly large ones first
@@ -246,9 +253,10 @@ def sample_shapes(
 # ----------------------------------------------------------------------------------------------------------
 # One image
 # ----------------------------------------------------------------------------------------------------------
-def generate_image(rng: np.random.Generator, height: int, width: int) -> dict:
+def generate_image(rng: np.random.Generator, height: int, width: int, scene: Optional[dict] = None) -> dict:
     """
-    Draw one scene and its annotations.
+    Draw one scene and its annotations. ``scene`` overrides entries of ``SCENE_DEFAULTS`` (number and size of the
+    shapes, scale of the textures).
 
     Returns a dict with
         "image": (H, W, 3) uint8 RGB,
@@ -263,8 +271,12 @@ def generate_image(rng: np.random.Generator, height: int, width: int) -> dict:
     things = {c["name"]: c for c in cats if c["isthing"]}
     stuff = [c for c in cats if not c["isthing"]]
 
-    image, stuff_labels = stuff_background(rng, height, width, [c["name"] for c in stuff])
-    shapes, masks = sample_shapes(rng, height, width, list(things), instance_palette())
+    scene = {**SCENE_DEFAULTS, **(scene or {})}
+    image, stuff_labels = stuff_background(rng, height, width, [c["name"] for c in stuff], scene["texture_scale"])
+    shapes, masks = sample_shapes(
+        rng, height, width, list(things), instance_palette(),
+        (scene["min_shapes"], scene["max_shapes"]), scene["largest_shape"],
+    )
     owner = np.full((height, width), -1, np.int32)
     for k, (shape, mask) in enumerate(zip(shapes, masks)):
         paint_shape(image, mask, shape)
@@ -341,6 +353,20 @@ def validate_params(num_train, num_val, seed, min_size, max_size, min_image_size
     return params
 
 
+def validate_scene(min_shapes, max_shapes, largest_shape, texture_scale) -> dict:
+    """Check the scene-statistics arguments (``SCENE_DEFAULTS``); errors name the CLI flag."""
+    for flag, value in (("min_shapes", min_shapes), ("max_shapes", max_shapes)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} ({flag}) must be an integer >= 1, got {value!r}")
+    if min_shapes > max_shapes:
+        raise ValueError(f"--min-shapes (min_shapes) {min_shapes} must not exceed --max-shapes (max_shapes) {max_shapes}")
+    for flag, value, low, high in (("largest_shape", largest_shape, 0.0, 1.0), ("texture_scale", texture_scale, 0.0, 16.0)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not low < value <= high:
+            raise ValueError(f"--{flag.replace('_', '-')} ({flag}) must be a number in ({low:g}, {high:g}], got {value!r}")
+    return {"min_shapes": int(min_shapes), "max_shapes": int(max_shapes),
+            "largest_shape": float(largest_shape), "texture_scale": float(texture_scale)}
+
+
 def _write_png(path: str, array: np.ndarray) -> None:
     if not cv2.imwrite(path, array):
         raise OSError(f"could not write {path}")
@@ -352,7 +378,7 @@ def _write_image(folder: Path, split: str, params: dict, i: int) -> Tuple[dict, 
     paths = shapes_world_paths(folder, split)
     rng = np.random.default_rng([params["seed"], SPLITS.index(split), i])
     height, width = (int(v) for v in rng.integers(params["min_size"], params["max_size"] + 1, size=2))
-    sample = generate_image(rng, height, width)
+    sample = generate_image(rng, height, width, {key: params[key] for key in SCENE_DEFAULTS})
     stem, image_id = f"{split}_{i:06d}", i + 1
     if not cv2.imwrite(
         os.path.join(paths["image_root"], stem + ".jpg"),
@@ -467,7 +493,14 @@ def _write_all(folder: Path, params: dict, show_progress: bool, workers: Optiona
 
 def folder_state(folder, params: dict) -> Tuple[str, str]:
     """("missing" | "complete" | "partial", reason) of a shapes world folder for validated ``params``."""
-    return generated_folder.folder_state(Path(folder), params, what="shapes world", layout_entries=LAYOUT_ENTRIES)
+    return generated_folder.folder_state(
+        Path(folder), params, what="shapes world", layout_entries=LAYOUT_ENTRIES, implied=SCENE_DEFAULTS
+    )
+
+
+def _scene_note(params: dict) -> str:
+    changed = {key: params[key] for key in SCENE_DEFAULTS if params[key] != SCENE_DEFAULTS[key]}
+    return "".join(f", {key} {value:g}" for key, value in changed.items())
 
 
 def ensure_shapes_world(
@@ -478,11 +511,17 @@ def ensure_shapes_world(
     seed: int = DEFAULT_PARAMS["seed"],
     min_size: int = DEFAULT_PARAMS["min_size"],
     max_size: int = DEFAULT_PARAMS["max_size"],
+    min_shapes: int = DEFAULT_PARAMS["min_shapes"],
+    max_shapes: int = DEFAULT_PARAMS["max_shapes"],
+    largest_shape: float = DEFAULT_PARAMS["largest_shape"],
+    texture_scale: float = DEFAULT_PARAMS["texture_scale"],
     show_progress: bool = True,
     workers: Optional[int] = None,
 ) -> Path:
     """
-    Make `folder` hold a complete shapes world set with these parameters and return it as a Path.
+    Make `folder` hold a complete shapes world set with these parameters and return it as a Path. The image
+    sizes and the scene statistics (``SCENE_DEFAULTS``: shapes per image, their largest size as a fraction of the
+    shorter side, the textures' magnification) are the generator's; :func:`validate_scene` checks the latter.
     ``workers`` processes draw the images (default: one per CPU core, at most one per 200 images, since
     starting a process costs about as much as drawing 50 images); the files do not depend on it.
 
@@ -492,6 +531,7 @@ def ensure_shapes_world(
     temporary sibling folder that is renamed into place, so concurrent callers (e.g. one per GPU) are safe.
     """
     params = validate_params(num_train, num_val, seed, min_size, max_size)
+    params.update(validate_scene(min_shapes, max_shapes, largest_shape, texture_scale))
     _check_workers(workers)
     start = time.perf_counter()
     folder, written = generated_folder.ensure_generated_folder(
@@ -501,11 +541,12 @@ def ensure_shapes_world(
         generator="shapes_world",
         what="shapes world",
         layout_entries=LAYOUT_ENTRIES,
+        implied=SCENE_DEFAULTS,
     )
     if written:
         logger.info(
             f"Shapes world: wrote {params['num_train']} train + {params['num_val']} val images "
-            f"({params['min_size']}-{params['max_size']} px, seed {params['seed']}) to {folder} "
+            f"({params['min_size']}-{params['max_size']} px, seed {params['seed']}{_scene_note(params)}) to {folder} "
             f"in {time.perf_counter() - start:.1f} s"
         )
     return folder
@@ -533,6 +574,21 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
         "--max-size", type=int, default=DEFAULT_PARAMS["max_size"], help="largest image height/width in px"
     )
     parser.add_argument(
+        "--min-shapes", type=int, default=DEFAULT_PARAMS["min_shapes"], help="fewest shapes drawn per image (>= 1)"
+    )
+    parser.add_argument(
+        "--max-shapes", type=int, default=DEFAULT_PARAMS["max_shapes"],
+        help="most shapes drawn per image (some may find no free place and be dropped)",
+    )
+    parser.add_argument(
+        "--largest-shape", type=float, default=DEFAULT_PARAMS["largest_shape"],
+        help="largest shape size as a fraction of the shorter image side (0-1; the smallest is 8 px)",
+    )
+    parser.add_argument(
+        "--texture-scale", type=float, default=DEFAULT_PARAMS["texture_scale"],
+        help="magnification of the stuff textures' features (bricks, waves, grains)",
+    )
+    parser.add_argument(
         "--workers", type=int, default=None,
         help="processes drawing images (default: one per CPU core, at most one per 200 images)",
     )
@@ -541,11 +597,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         parser.error(f"--output {args.output} is a file, expected a directory or a new path")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    params = dict(
-        num_train=args.num_train, num_val=args.num_val, seed=args.seed, min_size=args.min_size, max_size=args.max_size
-    )
+    params = {key: getattr(args, key) for key in DEFAULT_PARAMS}
     try:
-        recorded = validate_params(**params)
+        recorded = validate_params(**{key: params[key] for key in DEFAULT_PARAMS if key not in SCENE_DEFAULTS})
+        recorded.update(validate_scene(**{key: params[key] for key in SCENE_DEFAULTS}))
         _check_workers(args.workers)
     except ValueError as e:
         parser.error(str(e))
