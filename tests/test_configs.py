@@ -460,3 +460,19 @@ def test_weights_must_be_a_string():
     cfg.MODEL.WEIGHTS = None
     with pytest.raises(TypeError, match="MODEL.WEIGHTS"):
         check_weights_available(cfg)
+
+
+def test_second_shapes_world_config_changes_only_the_data():
+    """The second world trains the default world's recipe unchanged: only the datasets and the output differ."""
+    from detectron2.data import DatasetCatalog
+
+    cfg = load_cfg("configs/shapes_world/dense/maskformer2_R18_panoptic.yaml")
+    base = load_cfg("configs/shapes_world/maskformer2_R18_panoptic.yaml")
+    own = ("DATASETS.TRAIN", "DATASETS.TEST", "OUTPUT_DIR")
+    ours = {k: v for k, v in flat(cfg).items() if k not in own}
+    theirs = {k: v for k, v in flat(base).items() if k not in own}
+    assert ours == theirs, {k: (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k]}
+    assert tuple(cfg.DATASETS.TRAIN) == ("shapes_world_dense_train_panoptic",)
+    assert tuple(cfg.DATASETS.TEST) == ("shapes_world_dense_val_panoptic",)
+    assert set(cfg.DATASETS.TRAIN + cfg.DATASETS.TEST) <= set(DatasetCatalog.list())
+    assert cfg.OUTPUT_DIR != base.OUTPUT_DIR
