@@ -143,7 +143,8 @@ def test_only_class_branch_and_query_init_train_by_default():
 
 
 def test_maskformer_checkpoint_loads(dataset, tmp_path):
-    maskformer = model_of(tiny_cfg("MaskFormer"), seed=1)
+    # a panoptic model with the crop classifier: its head is not part of the classifier
+    maskformer = model_of(tiny_cfg("MaskFormer", **{"MODEL.MASK_FORMER.CROP_CLASSIFIER.WEIGHT": 2.0}), seed=1)
     DetectionCheckpointer(maskformer, save_dir=str(tmp_path)).save("mf")
     classifier = model_of(tiny_cfg(), seed=2)
     DetectionCheckpointer(classifier).load(str(tmp_path / "mf.pth"), checkpointables=[])
@@ -152,7 +153,11 @@ def test_maskformer_checkpoint_loads(dataset, tmp_path):
     assert len(reused) > 100 and all(torch.equal(cls_state[k], mf_state[k]) for k in reused)
     assert {k for k in cls_state if k not in mf_state} == {
         "prompt_proj.weight", "prompt_proj.bias", "prompt_feat.weight", "prompt_pos.weight"}
-    assert {k for k in mf_state if k not in cls_state} == {"criterion.empty_weight"}
+    unused = {k for k in mf_state if k not in cls_state}
+    assert {k for k in unused if not k.startswith("crop_classifier.")} == {"criterion.empty_weight"}
+    assert any(k.startswith("crop_classifier.") for k in unused)
+    with pytest.raises(ValueError, match="CROP_CLASSIFIER.WEIGHT"):
+        model_of(tiny_cfg(**{"MODEL.MASK_FORMER.CROP_CLASSIFIER.WEIGHT": 2.0}))
 
 
 # ------------------------------------------------------------------ prompts and mapper

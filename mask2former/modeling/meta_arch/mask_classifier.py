@@ -91,6 +91,9 @@ class MaskClassifier(nn.Module):
         if cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME != "MultiScaleMaskedTransformerDecoder":
             raise ValueError("MaskClassifier needs MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME "
                              f"'MultiScaleMaskedTransformerDecoder', got '{cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME}'")
+        if cfg.MODEL.MASK_FORMER.CROP_CLASSIFIER.WEIGHT > 0:
+            raise ValueError("MODEL.MASK_FORMER.CROP_CLASSIFIER.WEIGHT > 0 is for MaskFormer; MaskClassifier labels "
+                             "the given masks with its own class branch: set it to 0")
         return {
             "backbone": backbone,
             "sem_seg_head": build_sem_seg_head(cfg, backbone.output_shape()),
@@ -119,8 +122,9 @@ class MaskClassifier(nn.Module):
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # A MaskFormer checkpoint also holds its criterion's class weights, which this model has no use for.
-        for k in [k for k in state_dict if k.startswith(prefix + "criterion.")]:
+        # A MaskFormer checkpoint also holds its criterion's class weights and, with
+        # MODEL.MASK_FORMER.CROP_CLASSIFIER, its crop classifier: parts this model has no use for.
+        for k in [k for k in state_dict if k.startswith((prefix + "criterion.", prefix + "crop_classifier."))]:
             state_dict.pop(k)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
