@@ -33,6 +33,6 @@ mapfile -t VAL < <(ls "$DETECTRON2_DATASETS"/shapes_world/images/val/*.jpg | hea
 "$PY" tools/plot_metrics.py "$OUT/metrics.json" -o "$OUT/curves.png" --title "shapes world panoptic, from scratch"
 echo "[main] done. Metrics: $OUT/metrics.json and $OUT/log.txt; pictures: $OUT/vis/ and $OUT/curves.png"
 if [ ${#SCHEDULE[@]} -gt 0 ] && [[ " $* " != *" SOLVER.MAX_ITER "* ]]; then
-    echo "[main] 500 iterations learn the stuff regions, not yet the 7 shapes (PQ things about 0); the shapes come" \
+    echo "[main] 500 iterations learn the stuff regions, few of the 7 shapes (PQ things about 6); the shapes come" \
          "after 2000-3000 iterations: bash tools/run_main.sh --long (docs/RESULTS.md)"
 fi
