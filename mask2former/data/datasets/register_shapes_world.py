@@ -154,7 +154,6 @@ def register_shapes_world(
     return names
 
 
-register_shapes_world(os.getenv("DETECTRON2_DATASETS", "datasets"))
-register_shapes_world(
-    os.getenv("DETECTRON2_DATASETS", "datasets"), prefix="shapes_world_dense", dirname="shapes_world_dense", **DENSE_PARAMS
-)
+_root = os.getenv("DETECTRON2_DATASETS", "datasets")
+register_shapes_world(_root)
+register_shapes_world(_root, prefix="shapes_world_dense", dirname="shapes_world_dense", **DENSE_PARAMS)

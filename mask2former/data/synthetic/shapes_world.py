@@ -367,6 +367,12 @@ def validate_scene(min_shapes, max_shapes, largest_shape, texture_scale) -> dict
             "largest_shape": float(largest_shape), "texture_scale": float(texture_scale)}
 
 
+def _recorded_params(**params) -> dict:
+    """All generator arguments (``DEFAULT_PARAMS``' keys) checked: the parameters recorded in COMPLETE.json."""
+    scene = {key: params.pop(key) for key in SCENE_DEFAULTS}
+    return {**validate_params(**params), **validate_scene(**scene)}
+
+
 def _write_png(path: str, array: np.ndarray) -> None:
     if not cv2.imwrite(path, array):
         raise OSError(f"could not write {path}")
@@ -530,8 +536,10 @@ def ensure_shapes_world(
     with other parameters raises ShapesWorldFolderError naming what differs. The set is written into a
     temporary sibling folder that is renamed into place, so concurrent callers (e.g. one per GPU) are safe.
     """
-    params = validate_params(num_train, num_val, seed, min_size, max_size)
-    params.update(validate_scene(min_shapes, max_shapes, largest_shape, texture_scale))
+    params = _recorded_params(
+        num_train=num_train, num_val=num_val, seed=seed, min_size=min_size, max_size=max_size,
+        min_shapes=min_shapes, max_shapes=max_shapes, largest_shape=largest_shape, texture_scale=texture_scale,
+    )
     _check_workers(workers)
     start = time.perf_counter()
     folder, written = generated_folder.ensure_generated_folder(
@@ -599,8 +607,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     params = {key: getattr(args, key) for key in DEFAULT_PARAMS}
     try:
-        recorded = validate_params(**{key: params[key] for key in DEFAULT_PARAMS if key not in SCENE_DEFAULTS})
-        recorded.update(validate_scene(**{key: params[key] for key in SCENE_DEFAULTS}))
+        recorded = _recorded_params(**params)
         _check_workers(args.workers)
     except ValueError as e:
         parser.error(str(e))
